@@ -1,0 +1,162 @@
+"""Configuration: YAML presets resolved into one plain dict, plus `--set key=value` overrides.
+
+A resolved configuration has the keys
+    algo, env, map, seed, steps, preset   what to run
+    run                                   runtime settings shared by every algorithm (configs/runtime.yaml)
+    params                                the algorithm's own hyperparameters
+
+Each algorithm has one preset file (e.g. marie/configs/marie.yaml) of this shape:
+    defaults: {run: {...}, params: {...}}
+    presets:
+      paper:  {run: {...}, params: {...}, maps: {3s_vs_5z: {params: {...}}}, envs: {mamujoco: {...}}}
+      official-code: {inherit: paper, params: {...}}
+      small: {...}
+      smoke: {...}
+`maps` and `envs` blocks (allowed in `defaults` and in presets) hold per-map and per-backend choices.
+Resolution order, later wins: runtime.yaml, defaults, the preset chain (inherited first), per-env
+blocks, per-map blocks, --set overrides.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from marie.errors import UserError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+RUNTIME_FILE = CONFIG_DIR / "runtime.yaml"
+_BLOCK_KEYS = {"run", "params"}
+_META_KEYS = {"inherit", "maps", "envs", "description"}
+
+
+def load_yaml(path: Path) -> Any:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; override wins; neither input is modified."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check_block(block: dict, where: str) -> None:
+    unknown = set(block) - _BLOCK_KEYS - _META_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown section(s) {sorted(unknown)}; allowed: run, params, maps, envs, inherit")
+
+
+def _apply_block(cfg: dict, block: dict, env: str, map_name: str, where: str) -> dict:
+    _check_block(block, where)
+    cfg = deep_merge(cfg, {k: v for k, v in block.items() if k in _BLOCK_KEYS})
+    env_block = (block.get("envs") or {}).get(env)
+    if env_block:
+        cfg = _apply_block(cfg, env_block, env, map_name, f"{where}.envs.{env}")
+    map_block = (block.get("maps") or {}).get(map_name)
+    if map_block:
+        cfg = _apply_block(cfg, map_block, env, map_name, f"{where}.maps.{map_name}")
+    return cfg
+
+
+def preset_names(preset_file: Path) -> list[str]:
+    return sorted((load_yaml(preset_file).get("presets") or {}).keys())
+
+
+def resolve_config(*, algo: str, preset_file: Path, preset: str, env: str, map_name: str, seed: int,
+                   steps: int, overrides: list[str] | None = None) -> dict:
+    """Build the fully resolved configuration of one run."""
+    spec = load_yaml(preset_file)
+    presets = spec.get("presets") or {}
+    if preset not in presets:
+        raise UserError(f"unknown preset '{preset}' for algo '{algo}'; valid presets: {', '.join(sorted(presets))}")
+    cfg = {"run": load_yaml(RUNTIME_FILE), "params": {}}
+    cfg = _apply_block(cfg, spec.get("defaults") or {}, env, map_name, f"{preset_file.name}:defaults")
+    chain, name = [], preset
+    while name is not None:
+        if name in chain or name not in presets:
+            raise UserError(f"{preset_file.name}: preset '{name}' inherits in a cycle or from an unknown preset")
+        chain.append(name)
+        name = presets[name].get("inherit")
+    for name in reversed(chain):
+        cfg = _apply_block(cfg, presets[name], env, map_name, f"{preset_file.name}:{name}")
+    cfg = {"algo": algo, "env": env, "map": map_name, "seed": seed, "steps": steps, "preset": preset, **cfg}
+    for item in overrides or []:
+        apply_override(cfg, item)
+    return cfg
+
+
+def _type_ok(old: Any, new: Any) -> bool:
+    if old is None:
+        return True
+    if isinstance(old, bool):
+        return isinstance(new, bool)
+    if isinstance(old, int):
+        return isinstance(new, int) and not isinstance(new, bool)
+    if isinstance(old, float):
+        return isinstance(new, (int, float)) and not isinstance(new, bool)
+    return isinstance(new, type(old))
+
+
+def _flat_keys(d: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in d.items():
+        keys.append(prefix + k)
+        if isinstance(v, dict):
+            keys.extend(_flat_keys(v, prefix + k + "."))
+    return keys
+
+
+def apply_override(cfg: dict, item: str) -> None:
+    """Apply one `key=value` (value parsed as YAML). `key` is a dotted path under run/params;
+    a bare key is looked up in params first, then run. Unknown keys and wrong types are errors."""
+    if "=" not in item:
+        raise UserError(f"--set expects key=value, got '{item}'")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    path = key.split(".")
+    if path[0] not in ("run", "params"):
+        candidates = [p for p in ("params", "run") if _has_path(cfg[p], path)]
+        if not candidates:
+            known = _flat_keys(cfg["params"], "params.") + _flat_keys(cfg["run"], "run.")
+            close = difflib.get_close_matches(key, known + [k.split(".", 1)[1] for k in known], n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(f"unknown --set key '{key}'{hint}; keys live under run.* and params.* (see the run's config.yaml)")
+        path = [candidates[0]] + path
+    node = cfg
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise UserError(f"unknown --set key '{key}'")
+        node = node[part]
+    if path[-1] not in node:
+        raise UserError(f"unknown --set key '{key}'; valid keys here: {', '.join(sorted(node))}")
+    old = node[path[-1]]
+    if isinstance(old, dict) or not _type_ok(old, value):
+        raise UserError(f"--set {key}: expected a value of type {type(old).__name__} (current {old!r}), got {raw!r}")
+    if isinstance(old, float) and isinstance(value, int):
+        value = float(value)
+    node[path[-1]] = value
+
+
+def _has_path(d: dict, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(d, dict) or part not in d:
+            return False
+        d = d[part]
+    return True
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)

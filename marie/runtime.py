@@ -1,0 +1,294 @@
+"""The run/evaluation runtime every algorithm shares: the loop, evaluation, logs, checkpoints, resume.
+
+`prepare(...)` validates everything and resolves the configuration before any work starts;
+`Runner(config, out).train()` runs (or resumes) it and keeps the run-directory contract of DESIGN.md.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marie.algorithm import Algorithm, algorithm_class
+from marie.config import resolve_config
+from marie.envs import TimeStep, check_backend, make_env
+from marie.errors import UserError
+from marie.rundir import RunDir
+
+CHECKPOINT_VERSION = 1
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def prepare(*, algo: str, env: str, map_name: str, seed: int, steps: int, preset: str = "small",
+            overrides: list[str] | None = None, out: str | Path | None = None,
+            results_root: str | Path = "results/runs") -> tuple[dict, RunDir]:
+    """Validate the request and resolve its configuration; nothing is written here."""
+    cls = algorithm_class(algo)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise UserError(f"--steps must be a positive integer, got {steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"--seed must be a non-negative integer, got {seed!r}")
+    spec = check_backend(env, map_name)
+    kind = "continuous" if spec.family == "mamujoco" else "discrete"
+    if kind not in cls.action_spaces:
+        raise UserError(f"algo '{algo}' needs {'/'.join(cls.action_spaces)} actions; map '{map_name}' on {env} has "
+                        f"{kind} actions")
+    config = resolve_config(algo=algo, preset_file=cls.preset_file, preset=preset, env=env, map_name=map_name,
+                            seed=seed, steps=steps, overrides=overrides)
+    run = config["run"]
+    for key in ("eval_every", "eval_episodes", "num_envs"):
+        if not isinstance(run[key], int) or run[key] <= 0:
+            raise UserError(f"run.{key} must be a positive integer, got {run[key]!r}")
+    if run["eval_every"] > steps:
+        raise UserError(f"eval_every ({run['eval_every']}) is larger than --steps ({steps}): no evaluation would "
+                        f"happen; lower it with --set run.eval_every=N")
+    if run["progress"] not in ("auto", "always", "never"):
+        raise UserError(f"run.progress must be auto, always or never, got {run['progress']!r}")
+    device = str(run["device"])
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"run.device is {device} but no CUDA device is visible; use --set run.device=cpu")
+    if run["dtype"] not in ("float32", "float64", "bfloat16", "float16"):
+        raise UserError(f"run.dtype must be float32, float64, bfloat16 or float16, got {run['dtype']!r}")
+    rundir = RunDir(out if out is not None else Path(results_root) / env / map_name / algo / f"seed{seed}")
+    rundir.check_compatible(config)
+    return config, rundir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "numpy", "jax", "jaxmarl", "mujoco", "gymnasium-robotics", "vector-quantize-pytorch",
+                 "smac", "smacv2"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_finite(metrics: dict, update_index: int) -> None:
+    """Stop on a NaN or infinite loss, naming the update and the loss."""
+    for key, value in metrics.items():
+        if "loss" in key and isinstance(value, (int, float)) and not math.isfinite(value):
+            raise NonFiniteLoss(f"update {update_index}: {key} is {value}; stopped, the last good checkpoint is kept "
+                                f"(lower the learning rate or check the inputs)")
+
+
+class Runner:
+    def __init__(self, config: dict, rundir: RunDir):
+        self.config = config
+        self.rundir = rundir
+        self.run = config["run"]
+        self.steps = int(config["steps"])
+        self.seed = int(config["seed"])
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        if self.run["torch_threads"]:
+            torch.set_num_threads(int(self.run["torch_threads"]))
+        seed_everything(self.seed)
+        self.device = torch.device(self.run["device"])
+        options = {"sc2_restarts": self.run["sc2_restarts"]}
+        self.env = make_env(self.config["env"], self.config["map"], self.run["num_envs"], **options)
+        self.eval_env = make_env(self.config["env"], self.config["map"], self.run["eval_episodes"], **options)
+        cls = algorithm_class(self.config["algo"])
+        self.algo: Algorithm = cls(self.env.info, self.config["params"], self.run, self.device, self.seed)
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def evaluate(self, env_steps: int) -> dict:
+        """One episode on each evaluation environment, seeded by the evaluation index; steps not counted."""
+        env, n = self.eval_env, self.run["eval_episodes"]
+        ts = env.reset(seed=10_000_019 * (self.seed + 1) + self.eval_index)
+        carry = self.algo.initial_carry(n)
+        finished = np.zeros(n, bool)
+        won, ret, length = np.zeros(n, bool), np.zeros(n), np.zeros(n)
+        with torch.no_grad():
+            while not finished.all():
+                actions, carry = self.algo.act(ts, carry, training=False)
+                ts = env.step(actions)
+                new = ts.done & ~finished
+                won[new], ret[new], length[new] = ts.won[new], ts.episode_return[new], ts.episode_length[new]
+                finished |= ts.done
+        self.eval_index += 1
+        return {"env_steps": env_steps, "win_rate": float(won.mean()) if env.info.has_win else None,
+                "return_mean": float(ret.mean()), "return_std": float(ret.std()), "episodes": n,
+                "length_mean": float(length.mean()), "wall_s": round(self._wall(), 3)}
+
+    def _wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t_start
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        self.rundir.save_checkpoint({
+            "version": CHECKPOINT_VERSION, "config": self.config, "env_steps": self.env_steps,
+            "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint, "eval_index": self.eval_index,
+            "eval_rows": self.eval_rows, "train_rows": self.train_rows, "train_columns": self.train_columns,
+            "updates": self.updates, "wall_s": self._wall(), "algo": self.algo.state_dict(),
+            "env": self.env.get_state(), "ts": self.ts._asdict(), "carry": self.carry, "rng": _rng_state(),
+        })
+
+    def _restore(self, ck: dict) -> None:
+        if ck.get("version") != CHECKPOINT_VERSION or ck.get("config") != self.config:
+            raise UserError(f"checkpoint {self.rundir.checkpoint_file} belongs to another configuration or version; "
+                            f"delete it to start afresh")
+        self.algo.load_state_dict(ck["algo"])
+        self.env.set_state(ck["env"])
+        self.ts = TimeStep(**ck["ts"])
+        self.carry = ck["carry"]
+        if not getattr(self.env, "snapshot_exact", True):  # e.g. SC2: start fresh episodes
+            self.ts = self.env.reset(seed=self.seed + 7919 * (self.rundir.read_meta().get("resume_count", 0) + 1))
+            self.carry = self.algo.initial_carry(self.run["num_envs"])
+        for key in ("env_steps", "next_eval", "next_checkpoint", "eval_index", "eval_rows", "train_rows",
+                    "train_columns", "updates"):
+            setattr(self, key, ck[key])
+        self.wall_before = ck["wall_s"]
+        self.rundir.truncate_train(self.train_rows)
+        self.rundir.write_eval(self.eval_rows)
+        _set_rng_state(ck["rng"])
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        meta = self.rundir.read_meta()
+        if meta.get("status") == "completed" and self.rundir.eval_file.exists():
+            print(f"{self.rundir.path}: already completed", file=sys.stderr)
+            return meta
+        checkpoint = self.rundir.load_checkpoint()  # refuses a corrupt one before any work
+        self.rundir.path.mkdir(parents=True, exist_ok=True)
+        self.rundir.write_config(self.config)
+        self._build()
+        self.t_start, self.wall_before = time.perf_counter(), 0.0
+        every = self.run["checkpoint_every"] or self.run["eval_every"]
+        if checkpoint is not None:
+            self._restore(checkpoint)
+            resumes = meta.get("resume_count", 0) + 1
+        else:
+            self.env_steps, self.eval_index, self.updates = 0, 0, 0
+            self.eval_rows, self.train_rows, self.train_columns = [], 0, None
+            self.next_eval = 0 if self.run["eval_at_start"] else self.run["eval_every"]
+            self.next_checkpoint = every
+            self.ts = self.env.reset(seed=self.seed)
+            self.carry = self.algo.initial_carry(self.run["num_envs"])
+            resumes = 0
+            if self.rundir.train_file.exists():
+                self.rundir.train_file.unlink()
+        meta = {
+            "algo": self.config["algo"], "env": self.config["env"], "map": self.config["map"], "seed": self.seed,
+            "preset": self.config["preset"], "steps": self.steps, "versions": package_versions(),
+            "suite_commit": _git_commit(), "backend_version": self.env.info.backend_version,
+            "env_info": self.env.info.as_dict(), "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "host": platform.node(), "start_time": meta.get("start_time", _now()), "end_time": None,
+            "status": "running", "message": "", "resume_count": resumes, "env_steps": self.env_steps,
+            "counters": self.env.counters,
+        }
+        self.rundir.write_meta(meta)
+        try:
+            self._loop(every)
+        except BaseException as exc:
+            message = str(exc) if isinstance(exc, NonFiniteLoss) else f"{type(exc).__name__}: {exc}"
+            self.rundir.update_meta(status="failed", message=message, end_time=_now(), env_steps=self.env_steps,
+                                    counters=self.env.counters)
+            raise
+        finally:
+            self.env.close()
+            self.eval_env.close()
+        return self.rundir.update_meta(status="completed", end_time=_now(), env_steps=self.env_steps,
+                                       counters=self.env.counters, wall_s=round(self._wall(), 3))
+
+    def _show_progress(self) -> bool:
+        mode = self.run["progress"]
+        return mode == "always" or (mode == "auto" and sys.stderr.isatty())
+
+    def _loop(self, every: int) -> None:
+        from tqdm import tqdm
+        bar = tqdm(total=self.steps, initial=min(self.env_steps, self.steps), unit="step", dynamic_ncols=True,
+                   disable=not self._show_progress(), desc=f"{self.config['algo']} {self.config['map']} s{self.seed}")
+        E = self.run["num_envs"]
+        pending: list[dict] = []
+        while True:
+            if self.env_steps >= self.next_eval or self.env_steps >= self.steps:
+                if not self.eval_rows or self.eval_rows[-1]["env_steps"] != self.env_steps:
+                    self._flush_train(pending)
+                    row = self.evaluate(self.env_steps)
+                    self.eval_rows.append(row)
+                    self.rundir.write_eval(self.eval_rows)
+                    bar.set_postfix(win=row["win_rate"], ret=f"{row['return_mean']:.2f}")
+                while self.next_eval <= self.env_steps:
+                    self.next_eval += self.run["eval_every"]
+            if self.env_steps >= self.next_checkpoint or self.env_steps >= self.steps:
+                self._flush_train(pending)
+                self._checkpoint()
+                self.rundir.update_meta(env_steps=self.env_steps, counters=self.env.counters)
+                while self.next_checkpoint <= self.env_steps:
+                    self.next_checkpoint += every
+            if self.env_steps >= self.steps:
+                break
+            actions, self.carry = self.algo.act(self.ts, self.carry, training=True)
+            ts_next = self.env.step(actions)
+            self.algo.observe(self.ts, actions, ts_next)
+            self.ts = ts_next
+            self.env_steps += E
+            bar.update(E)
+            for metrics in self.algo.update(self.env_steps):
+                self.updates += 1
+                check_finite(metrics, self.updates)
+                pending.append({"env_steps": self.env_steps, "update": self.updates, **metrics,
+                                "wall_s": round(self._wall(), 3)})
+        self._flush_train(pending)
+        bar.close()
+
+    def _flush_train(self, pending: list[dict]) -> None:
+        if not pending:
+            return
+        if self.train_columns is None:
+            keys = ["env_steps", "update"] + sorted({k for row in pending for k in row} - {"env_steps", "update", "wall_s"})
+            self.train_columns = keys + ["wall_s"]
+        self.rundir.append_train(pending, self.train_columns)
+        self.train_rows += len(pending)
+        pending.clear()
