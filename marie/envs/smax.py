@@ -134,7 +134,8 @@ class SMAXVecEnv(MultiAgentVecEnv):
         self.info = EnvInfo(
             n_agents=n_allies, obs_dim=int(self._env.observation_spaces[a0].shape[0]),
             state_dim=self._state_dim, n_actions=int(self._env.action_spaces[a0].n),
-            episode_limit=int(self._env.max_steps), backend="smax",
+            # SMAX checks the limit before counting the step, so a timed-out episode lasts max_steps + 1 steps
+            episode_limit=int(self._env.max_steps) + 1, backend="smax",
             backend_version=f"jaxmarl {jaxmarl.__version__}, jax {jax.__version__}", map_name=spec.name,
             extra={"n_enemies": int(self._env.num_enemies), "smac_episode_limit": spec.episode_limit})
         self._keys = self._st = self._ret = self._len = None

@@ -1,0 +1,216 @@
+"""The shared runtime and CLI: run-directory contract, bad input, resume equals uninterrupted, NaN guard."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from marie import algorithm
+from marie.algorithm import Algorithm
+from marie.cli import main
+from marie.config import CONFIG_DIR
+from marie.rundir import EVAL_COLUMNS
+from marie.runtime import Runner, prepare
+
+SMOKE = ["--preset", "smoke"]
+
+
+def run_cli(*args):
+    return main(["run", *args])
+
+
+def read_eval(path):
+    return pd.read_csv(Path(path) / "eval.csv")
+
+
+def test_random_run_writes_the_run_directory(tmp_path):
+    out = tmp_path / "r"
+    assert run_cli("--algo", "random", "--env", "smax", "--map", "3m", "--seed", "0", "--steps", "600",
+                   *SMOKE, "--out", str(out)) == 0
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "meta.json", "eval.csv", "checkpoint"}
+    df = read_eval(out)
+    assert list(df.columns)[: len(EVAL_COLUMNS)] == EVAL_COLUMNS
+    assert df["env_steps"].tolist() == [0, 200, 400, 600]
+    assert df["win_rate"].between(0, 1).all() and (df["episodes"] == 4).all()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["env_steps"] == 600 and meta["resume_count"] == 0
+    for key in ("versions", "suite_commit", "backend_version", "device", "start_time", "end_time", "preset"):
+        assert meta[key], key
+    assert "jaxmarl" in meta["backend_version"]
+    # running it again is a no-op, not a second run
+    assert run_cli("--algo", "random", "--env", "smax", "--map", "3m", "--seed", "0", "--steps", "600",
+                   *SMOKE, "--out", str(out)) == 0
+    assert json.loads((out / "meta.json").read_text())["resume_count"] == 0
+
+
+def test_mamujoco_random_run_reports_return(tmp_path):
+    out = tmp_path / "m"
+    assert run_cli("--algo", "random", "--env", "mamujoco", "--map", "HalfCheetah-2x3", "--steps", "400",
+                   *SMOKE, "--set", "run.eval_episodes=1", "--out", str(out)) == 0
+    df = read_eval(out)
+    assert df["win_rate"].isna().all() and np.isfinite(df["return_mean"]).all()
+    assert json.loads((out / "meta.json").read_text())["status"] == "completed"
+
+
+BAD_INPUTS = [
+    (["--algo", "nope", "--map", "3m", "--steps", "100"], "unknown algo 'nope'; valid algos"),
+    (["--algo", "random", "--env", "sc3", "--map", "3m", "--steps", "100"], "unknown env 'sc3'"),
+    (["--algo", "random", "--map", "4m", "--steps", "100"], "unknown map '4m'"),
+    (["--algo", "random", "--map", "MMM", "--steps", "100"], "unavailable on smax"),
+    (["--algo", "random", "--map", "3m", "--steps", "0"], "--steps must be a positive integer"),
+    (["--algo", "random", "--map", "3m", "--steps", "-5"], "--steps must be a positive integer"),
+    (["--algo", "random", "--map", "3m", "--steps", "100", "--seed", "-1"], "--seed must be a non-negative"),
+    (["--algo", "random", "--map", "3m", "--steps", "100", "--set", "run.eval_every=500"], "eval_every (500) is larger"),
+    (["--algo", "random", "--map", "3m", "--steps", "1000", "--set", "run.no_such_key=1"], "unknown --set key"),
+    (["--algo", "random", "--map", "3m", "--steps", "1000", "--set", "run.eval_every=fast"], "expected a value of type int"),
+    (["--algo", "random", "--map", "3m", "--steps", "1000", "--preset", "huge"], "unknown preset 'huge'"),
+    (["--algo", "random", "--env", "smac", "--map", "3m", "--steps", "1000"], "smac"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_is_one_clear_line(args, message, tmp_path, capsys):
+    if "smac" in args:
+        from marie.envs.starcraft import require_starcraft
+        from marie.errors import UserError
+        try:
+            require_starcraft("smac")
+            pytest.skip("smac is installed here")
+        except UserError:
+            pass
+    out = tmp_path / "run"
+    code = run_cli(*args, "--out", str(out))
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists(), "nothing may be written on bad input"
+
+
+def test_non_integer_steps_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli("--algo", "random", "--map", "3m", "--steps", "1e5x")
+    assert exc.value.code == 2
+    assert "expected an integer" in capsys.readouterr().err
+
+
+def test_out_of_another_configuration_is_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run_cli("--algo", "random", "--map", "3m", "--steps", "200", *SMOKE, "--out", str(out)) == 0
+    before = (out / "eval.csv").read_text()
+    assert run_cli("--algo", "random", "--map", "3m", "--steps", "200", "--seed", "3", *SMOKE, "--out", str(out)) == 2
+    assert "different configuration" in capsys.readouterr().err
+    assert (out / "eval.csv").read_text() == before
+
+
+def test_corrupt_checkpoint_is_refused_by_name(tmp_path, capsys):
+    out = tmp_path / "r"
+    config, rundir = prepare(algo="random", env="smax", map_name="3m", seed=0, steps=400, preset="smoke", out=out)
+    rundir.write_config(config)
+    rundir.checkpoint_dir.mkdir(parents=True)
+    rundir.checkpoint_file.write_bytes(b"PK\x03\x04 truncated")
+    assert run_cli("--algo", "random", "--map", "3m", "--steps", "400", *SMOKE, "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "state.pt" in err and "corrupt" in err
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted_in_process(tmp_path, monkeypatch):
+    args = dict(algo="random", env="smax", map_name="3m", seed=7, steps=1200, preset="smoke")
+    straight = tmp_path / "straight"
+    Runner(*prepare(**args, out=straight)).train()
+
+    resumed = tmp_path / "resumed"
+    config, rundir = prepare(**args, out=resumed)
+    original = Runner._checkpoint
+    calls = {"n": 0}
+
+    def checkpoint_then_die(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupt()
+    monkeypatch.setattr(Runner, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(Interrupt):
+        Runner(config, rundir).train()
+    assert json.loads((resumed / "meta.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(Runner, "_checkpoint", original)
+    meta = Runner(*prepare(**args, out=resumed)).train()
+    assert meta["status"] == "completed" and meta["resume_count"] == 1
+    a, b = read_eval(straight), read_eval(resumed)
+    pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
+
+
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
+    """A real SIGKILL of the CLI process, then the same command again."""
+    cmd = [sys.executable, "-m", "marie.cli", "run", "--algo", "random", "--map", "3m", "--seed", "1",
+           "--steps", "3000", *SMOKE, "--set", "run.eval_every=200"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (killed / "eval.csv").exists() and len((killed / "eval.csv").read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((killed / "meta.json").read_text())["status"] == "running"  # killed, not finished
+    subprocess.run(cmd + ["--out", str(killed)], env=env, check=True, capture_output=True)
+    Runner(*prepare(algo="random", env="smax", map_name="3m", seed=1, steps=3000, preset="smoke",
+                    overrides=["run.eval_every=200"], out=tmp_path / "straight")).train()
+    a, b = read_eval(tmp_path / "straight"), read_eval(killed)
+    assert len(a) == 16
+    pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
+    assert json.loads((killed / "meta.json").read_text())["resume_count"] >= 1
+
+
+class ExplodingAlgorithm(Algorithm):
+    """Acts randomly; its third update reports a NaN loss."""
+    preset_file = CONFIG_DIR / "random.yaml"
+
+    def __init__(self, env_info, params, run, device, seed):
+        super().__init__(env_info, params, run, device, seed)
+        self.n = 0
+
+    def act(self, ts, carry, training):
+        return ts.avail.argmax(-1), carry
+
+    def update(self, env_steps):
+        if env_steps % 100 == 0:
+            self.n += 1
+            yield {"policy_loss": float("nan") if self.n == 3 else 1.0}
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def test_non_finite_loss_stops_the_run_naming_update_and_loss(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(algorithm.ALGORITHMS, "exploding", f"{__name__}:ExplodingAlgorithm")
+    out = tmp_path / "x"
+    config, rundir = prepare(algo="exploding", env="smax", map_name="3m", seed=0, steps=800, preset="smoke", out=out)
+    with pytest.raises(Exception, match="update 3: policy_loss is nan"):
+        Runner(config, rundir).train()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "failed" and "policy_loss is nan" in meta["message"]
+    assert (out / "checkpoint" / "state.pt").exists()  # the last good checkpoint is kept
+    train = pd.read_csv(out / "train.csv")
+    assert train["policy_loss"].notna().all()
+
+
+def test_set_overrides_are_typed_and_recorded(tmp_path):
+    config, _ = prepare(algo="random", env="smax", map_name="3m", seed=0, steps=1000, preset="smoke",
+                        overrides=["run.eval_every=250", "eval_sample=true"], out=tmp_path / "c")
+    assert config["run"]["eval_every"] == 250 and config["run"]["eval_sample"] is True
+    assert config["preset"] == "smoke" and config["steps"] == 1000
