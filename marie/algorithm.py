@@ -83,6 +83,8 @@ def masked_uniform_actions(avail: np.ndarray, rng: np.random.Generator) -> np.nd
 ALGORITHMS: dict[str, str] = {
     "random": "marie.random_policy:RandomPolicy",
     "mamba": "baselines.mamba.agent:MAMBA",
+    "mappo": "baselines.mappo:MAPPO",
+    "happo": "baselines.happo:HAPPO",
 }
 
 
