@@ -85,6 +85,9 @@ ALGORITHMS: dict[str, str] = {
     "mamba": "baselines.mamba.agent:MAMBA",
     "mappo": "baselines.mappo:MAPPO",
     "happo": "baselines.happo:HAPPO",
+    "qmix": "baselines.qmix:QMIX",
+    "qplex": "baselines.qplex:QPLEX",
+    "mbvd": "baselines.mbvd:MBVD",
 }
 
 
