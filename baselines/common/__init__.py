@@ -1,0 +1,1 @@
+"""What the baselines share: replay buffers, recurrent agents, learners."""
