@@ -1,0 +1,331 @@
+"""Build one registry item (paper_figures/figures.yaml) from the collected runs: a table, a figure, an export.
+
+Each builder writes its files under out/<item>/ and returns an Item: what was made, from how many runs,
+and notes (what is missing, what differs from the paper). An item without data says why.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import paper_figures
+from analysis import plots, stats
+from analysis.load import Collection
+from analysis.tables import comparison, final_scores
+
+
+@dataclass
+class Item:
+    name: str
+    title: str
+    kind: str
+    target: str
+    status: str = "empty"                    # ok | partial | empty | unavailable | not-in-plan
+    files: list[str] = field(default_factory=list)
+    markdown: str = ""                       # tables rendered in Markdown (for the report)
+    html: str = ""
+    notes: list[str] = field(default_factory=list)
+    runs: int = 0
+
+
+@dataclass
+class Settings:
+    reps: int = 2000
+    confidence: float = 0.95
+    points: int = 50
+    formats: tuple = ("png", "pdf")
+    reference_method: str = "MARIE"
+    ddof: int = 0
+
+    @classmethod
+    def from_plan(cls, plan: dict, **overrides) -> "Settings":
+        a = plan.get("analysis") or {}
+        s = cls(reps=int(a.get("bootstrap_reps", 2000)), confidence=float(a.get("confidence", 0.95)),
+                points=int(a.get("curve_points", 50)), formats=tuple(a.get("figure_formats", ("png", "pdf"))),
+                reference_method=str(a.get("improvement_reference", "MARIE")), ddof=int(a.get("std_ddof", 0)))
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(s, k, v)
+        return s
+
+
+def _experiment_names(spec: dict) -> list[str]:
+    names = list(spec.get("experiments") or ([spec["experiment"]] if spec.get("experiment") else []))
+    for col in spec.get("columns") if isinstance(spec.get("columns"), list) else []:
+        if col["experiment"] not in names:
+            names.append(col["experiment"])
+    return names
+
+
+def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings) -> Item:
+    item = Item(name=name, title=spec.get("title", name), kind=spec["kind"], target=spec.get("target", ""))
+    if spec.get("note"):
+        item.notes.append(spec["note"])
+    if spec["kind"] in ("compounding_error", "attention"):
+        return _model_analysis(item, spec, coll, out / name, settings)
+    exps = _experiment_names(spec)
+    missing = [e for e in exps if e not in coll.plan.get("experiments", {})]
+    if missing and len(missing) == len(exps):
+        item.status = "not-in-plan"
+        item.notes.append(f"experiment(s) {', '.join(missing)} are not part of this plan")
+        return item
+    builder = {"table": _table, "curves": _curves, "aggregates": _aggregates, "improvement": _improvement,
+               "marl_eval": _marl_eval}[spec["kind"]]
+    builder(item, spec, coll, out / name, settings)
+    for e in exps:
+        if e in coll.plan.get("experiments", {}):
+            sub = coll.experiment(e)
+            n_missing = len(sub.problems)
+            if n_missing:
+                item.notes.append(f"{e}: {n_missing} planned run(s) missing or incomplete (listed under Missing runs)")
+    return item
+
+
+# -- tables ---------------------------------------------------------------------------------------------
+def _table(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+    rows = list(spec.get("rows", ["map"]))
+    value, scale = spec.get("value", "win_rate"), float(spec.get("scale", 100))
+    cols = spec["columns"]
+    parts, refs, labels = [], [], []
+    if isinstance(cols, list):                                   # explicit columns (Table 11)
+        for c in cols:
+            if c["experiment"] not in coll.plan["experiments"]:
+                continue
+            sc = final_scores(coll.experiment(c["experiment"]))
+            sc = sc[sc["variant"] == c["variant"]].assign(column=c["label"])
+            parts.append(sc)
+            labels.append(c["label"])
+            if c.get("reference"):
+                ref = paper_figures.reference(c["reference"]["file"])
+                for k, v in (c["reference"].get("where") or {}).items():
+                    ref = ref[ref[k] == v]
+                refs.append(ref.assign(column=c["label"]))
+        exp_maps = [m for c in cols if c["experiment"] in coll.plan["experiments"]
+                    for m in coll.plan["experiments"][c["experiment"]]["maps"]]
+    else:
+        exp = spec["experiment"]
+        sub = coll.experiment(exp)
+        sc = final_scores(sub)
+        variants = coll.plan["experiments"][exp]["variants"]
+        if cols == "methods":                                     # one column per method (Table 1)
+            sc = sc[sc["variant"] == sc["method"]].assign(column=lambda d: d["method"])
+            labels = [v for v, d in variants.items() if v == d["method"]]
+        else:                                                     # one column per variant label (Table 12)
+            sc = sc.assign(column=sc["label"].astype(str))
+            labels = list(dict.fromkeys(str(d["label"]) for d in variants.values()))
+        parts.append(sc)
+        if spec.get("reference"):
+            ref = paper_figures.reference(spec["reference"]["file"])
+            refs.append(ref.assign(column=ref[spec["reference"]["column"]].astype(str)))
+        exp_maps = coll.plan["experiments"][exp]["maps"]
+    scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    reference = pd.concat(refs, ignore_index=True) if refs else None
+    if reference is not None:  # the reference only for the maps of this plan
+        reference = reference[reference["map"].isin(exp_maps)]
+    row_info = _row_info(coll, rows, exp_maps, scores, reference)
+    table = comparison(scores, reference, title=item.title, rows=rows, columns=labels, value=value, scale=scale,
+                       ddof=s.ddof, fmt=spec.get("format", "{mean:.1f} ({std:.1f})"),
+                       expected_n=len(coll.plan.get("seeds", [])) or None, row_info=row_info)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{item.name}.csv").write_text(table.to_csv())
+    md = table.to_markdown()
+    (out / f"{item.name}.md").write_text(f"{item.title}\n\n{md}")
+    (out / f"{item.name}.tex").write_text(table.to_latex())
+    scores.to_csv(out / f"{item.name}_runs.csv", index=False)
+    item.files += [str(out / f"{item.name}.{e}") for e in ("csv", "md", "tex")] + [str(out / f"{item.name}_runs.csv")]
+    item.markdown = md
+    item.runs = len(scores)
+    item.status = "ok" if len(scores) else "empty"
+    item.notes.append("cells: ours = mean (std) over seeds of each complete run's final evaluation "
+                      f"(std with ddof={s.ddof}); [n=k] marks cells with fewer seeds than planned; – = no data")
+
+
+def _row_info(coll: Collection, rows: list[str], maps: list[str], scores: pd.DataFrame,
+              reference: pd.DataFrame | None) -> pd.DataFrame:
+    maps = list(dict.fromkeys(maps))
+    budget = {r["map"]: r["steps"] for r in coll.plan["runs"]}
+    budget.update({m: budget.get(m) for m in maps})
+    difficulty = {r["map"]: r.get("difficulty", "") for r in coll.plan["runs"]}
+    for s_ in coll.plan.get("skipped", []):
+        difficulty.setdefault(s_["map"], "")
+    if rows == ["map"]:
+        return pd.DataFrame({"map": maps, "difficulty": [difficulty.get(m, "") for m in maps],
+                             "steps": [budget.get(m) if budget.get(m) is not None else "" for m in maps]})
+    keys = pd.concat([d[rows] for d in (scores, reference) if d is not None and len(d)], ignore_index=True) \
+        if (len(scores) or (reference is not None and len(reference))) else pd.DataFrame(columns=rows)
+    keys = keys.drop_duplicates()
+    return keys.sort_values(rows, key=lambda c: c.map({m: i for i, m in enumerate(maps)}) if c.name == "map" else c)
+
+
+# -- curves ---------------------------------------------------------------------------------------------
+def _curves(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+    exp = spec["experiment"]
+    sub = coll.experiment(exp)
+    value, x = spec.get("value", "win_rate"), spec.get("x", "env_steps")
+    tidy = sub.tidy.dropna(subset=[value])
+    maps = [m for m in (spec.get("maps") or coll.plan["experiments"][exp]["maps"])
+            if m in coll.plan["experiments"][exp]["maps"]]
+    tidy = tidy[tidy["map"].isin(maps)]
+    curves = plots.curve_frame(tidy, "label", x, value, s.points, s.reps, s.confidence)
+    ref = None
+    if spec.get("reference") and len(curves):
+        ref = _official_curves(spec["reference"], curves, value, s)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = list(dict.fromkeys(d["label"] for d in coll.plan["experiments"][exp]["variants"].values()))
+    files = plots.learning_curves(curves, out / item.name, group="label", x=x, maps=maps, order=labels,
+                                  ylabel=spec.get("ylabel", "win rate"), reference=ref, formats=s.formats)
+    curves.to_csv(out / f"{item.name}_curves.csv", index=False)
+    files.append(str(out / f"{item.name}_curves.csv"))
+    if ref is not None and len(ref):
+        ref.to_csv(out / f"{item.name}_reference_curves.csv", index=False)
+        files.append(str(out / f"{item.name}_reference_curves.csv"))
+    item.files += files
+    item.runs = tidy["key"].nunique()
+    item.status = "ok" if len(curves) else "empty"
+    if len(curves):
+        item.notes.append(f"mean over seeds with a {int(s.confidence * 100)}% percentile-bootstrap CI "
+                          f"({s.reps} resamples); curves interpolated onto {s.points} points")
+
+
+def _official_curves(ref_spec: dict, curves: pd.DataFrame, value: str, s: Settings) -> pd.DataFrame:
+    """The official SMACv2 curves (irregular step grids) on our grid, per scenario and algo."""
+    df = paper_figures.reference(ref_spec["file"])
+    col = {"win_rate": "mean_test_win_rate", "return_mean": "mean_test_return"}[value]
+    out = []
+    for m in curves["map"].unique():
+        top = curves.loc[curves["map"] == m, "env_steps"].max()
+        grid = np.linspace(0, top, s.points)
+        for algo, label in ref_spec.get("algos", {}).items():
+            sub = df[(df["scenario"] == m) & (df["algo"] == algo)].rename(columns={"step": "env_steps", col: "y"})
+            if not len(sub):
+                continue
+            sub = sub.assign(key=sub["run"].astype(str))
+            vals = plots.interpolate_runs(sub, "env_steps", "y", grid)
+            if not len(vals):
+                continue
+            mean, lo, hi = stats.bootstrap_mean_ci(vals, reps=s.reps, confidence=s.confidence)
+            out.append(pd.DataFrame({"map": m, "label": label, "env_steps": grid, "mean": mean, "lower": lo,
+                                     "upper": hi, "n": np.sum(~np.isnan(vals), axis=0)}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+# -- rliable ----------------------------------------------------------------------------------------------
+def _method_scores(coll: Collection, exp: str) -> tuple[pd.DataFrame, list[str]]:
+    sc = final_scores(coll.experiment(exp))
+    sc = sc[sc["variant"] == sc["method"]].assign(column=lambda d: d["method"])
+    order = [v for v, d in coll.plan["experiments"][exp]["variants"].items() if v == d["method"]]
+    return sc, order
+
+
+def _aggregates(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+    sc, order = _method_scores(coll, spec["experiment"])
+    mats, tasks, notes = stats.score_matrices(sc, columns=order, value=spec.get("value", "win_rate"))
+    item.notes += notes
+    agg = stats.aggregate_intervals(mats, reps=s.reps, confidence=s.confidence)
+    out.mkdir(parents=True, exist_ok=True)
+    agg.to_csv(out / f"{item.name}.csv", index=False)
+    item.files += plots.interval_estimates(agg, out / item.name, formats=s.formats) + [str(out / f"{item.name}.csv")]
+    item.markdown = _md(agg.round(3)) if len(agg) else ""
+    item.runs = int(sum(m.size for m in mats.values()))
+    item.status = "ok" if len(agg) else "empty"
+    if len(agg):
+        item.notes.append(f"tasks: {', '.join(tasks)}; {s.reps} stratified-bootstrap resamples, "
+                          f"{int(s.confidence * 100)}% CIs")
+
+
+def _improvement(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+    sc, order = _method_scores(coll, spec["experiment"])
+    mats, tasks, notes = stats.score_matrices(sc, columns=order, value=spec.get("value", "win_rate"))
+    item.notes += notes
+    ref = spec.get("reference_method", s.reference_method)
+    poi = stats.improvement(mats, ref, reps=s.reps, confidence=s.confidence)
+    if ref not in mats:
+        item.notes.append(f"no complete {ref} runs on the common tasks: no probability of improvement yet")
+    out.mkdir(parents=True, exist_ok=True)
+    poi.to_csv(out / f"{item.name}.csv", index=False)
+    item.files += plots.improvement_plot(poi, out / item.name, formats=s.formats) + [str(out / f"{item.name}.csv")]
+    item.markdown = _md(poi.round(3)) if len(poi) else ""
+    item.runs = int(sum(m.size for m in mats.values()))
+    item.status = "ok" if len(poi) else "empty"
+
+
+# -- model analysis ----------------------------------------------------------------------------------------
+def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> Item:
+    ma = (coll.plan.get("model_analysis") or {}).get(spec["model_analysis"])
+    if ma is None:
+        item.status = "not-in-plan"
+        item.notes.append(f"model_analysis.{spec['model_analysis']} is not configured in this plan")
+        return item
+    rundirs = {r["key"]: r for r in coll.plan["runs"]}
+    found = {k: Path(rundirs[k]["rundir"]) / "analysis" / ma["file"] for k in ma["runs"]
+             if (Path(rundirs[k]["rundir"]) / "analysis" / ma["file"]).exists()}
+    if not found:
+        item.status = "unavailable"
+        why = (f"MARIE's analysis entry point ({ma['module']}) does not exist yet" if not ma["available"] else
+               f"no run has written analysis/{ma['file']} yet (run `snakemake model_analysis`)")
+        item.notes.append(f"NOT AVAILABLE: {why}; this figure needs {ma['file']} in the analysis/ folder of: "
+                          f"{', '.join(ma['runs']) or 'the MARIE/MAMBA runs (none planned)'}")
+        return item
+    out.mkdir(parents=True, exist_ok=True)
+    if spec["kind"] == "compounding_error":
+        frames = []
+        for k, path in found.items():
+            d = pd.read_csv(path)
+            r = rundirs[k]
+            if "l1_error" not in d.columns or "horizon" not in d.columns:
+                item.notes.append(f"{k}: {path.name} lacks columns horizon,l1_error; skipped")
+                continue
+            if "dim" in d.columns:  # per-dimension errors: average them
+                d = d.groupby("horizon", as_index=False)["l1_error"].mean()
+            frames.append(d[["horizon", "l1_error"]].assign(map=r["map"], method=r["method"], seed=r["seed"]))
+        errors = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        errors.to_csv(out / f"{item.name}.csv", index=False)
+        item.files += plots.compounding_error(errors, out / item.name, formats=s.formats, reps=s.reps,
+                                              confidence=s.confidence) + [str(out / f"{item.name}.csv")]
+        item.runs = len(frames)
+    else:
+        arrays = {}
+        for k, path in found.items():
+            if rundirs[k]["map"] != spec.get("map", rundirs[k]["map"]):
+                continue
+            with np.load(path) as z:
+                for name in z.files:
+                    if name.startswith(spec.get("prefix", "")):
+                        arrays[f"seed{rundirs[k]['seed']} {name}"] = z[name]
+            break  # one run is enough for the maps, as in the paper
+        item.files += plots.attention_maps(arrays, out / item.name, formats=s.formats)
+        item.runs = 1 if arrays else 0
+        if not arrays:
+            item.notes.append(f"no arrays starting with '{spec.get('prefix', '')}' for {spec.get('map')}")
+    item.status = "ok" if item.files else "empty"
+    return item
+
+
+# -- export ---------------------------------------------------------------------------------------------
+def _marl_eval(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+    from analysis.export import marl_eval_json
+    out.mkdir(parents=True, exist_ok=True)
+    for exp in spec.get("experiments", []):
+        if exp not in coll.plan["experiments"]:
+            continue
+        sub = coll.experiment(exp)
+        data, notes = marl_eval_json(sub)
+        if not data:
+            continue
+        path = out / f"{exp}.json"
+        path.write_text(json.dumps(data, indent=1))
+        item.files.append(str(path))
+        item.notes += [f"{exp}: {n}" for n in notes]
+        item.runs += sub.runs["complete"].sum()
+    item.status = "ok" if item.files else "empty"
+
+
+def _md(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,208 @@
+"""The report page (Markdown and HTML): every table and figure produced, provenance, missing runs.
+
+build_report() collects the runs of a plan, builds every item of the registry that has data (and says
+why the others have none), and writes out/index.md, out/index.html, out/runs.csv, out/tidy.csv,
+out/problems.csv and out/items/<item>/...
+"""
+from __future__ import annotations
+
+import html
+import os
+import subprocess
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+import paper_figures
+from analysis.items import Item, Settings, build
+from analysis.load import Collection, collect
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return (out.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def provenance(coll: Collection) -> list[tuple[str, str]]:
+    metas = [m for m in coll.runs["meta"] if m]
+    count = lambda values: ", ".join(f"{v} ({n} runs)" if len(c) > 1 else f"{v}"
+                                     for c in [Counter(values)] for v, n in c.most_common())
+    rows = [("plan", f"{coll.plan.get('name')} (config digest {coll.plan.get('config_digest', '-')})"),
+            ("backend", str(coll.plan.get("backend", ""))),
+            ("report built", datetime.now(timezone.utc).isoformat(timespec="seconds") + f" at commit {_git_commit()}")]
+    if metas:
+        rows += [("suite commit of the runs", count([str(m.get("suite_commit", "?"))[:12] for m in metas])),
+                 ("backend versions", count([str(m.get("backend_version", "?")) for m in metas])),
+                 ("devices", count([f"{m.get('device', '?')} ({m.get('device_name', '')})" for m in metas])),
+                 ("hosts", count([str(m.get("host", "?")) for m in metas])),
+                 ("presets", count([f"{m.get('algo')}:{m.get('preset')}" for m in metas]))]
+        versions = Counter()
+        for m in metas:
+            for k, v in (m.get("versions") or {}).items():
+                versions[f"{k} {v}"] += 1
+        rows.append(("package versions", ", ".join(sorted(versions))))
+    return rows
+
+
+class Page:
+    """Blocks rendered to both Markdown and HTML."""
+
+    def __init__(self, title: str, base: Path):
+        self.title, self.base, self.blocks = title, base, []
+
+    def h(self, level: int, text: str):
+        self.blocks.append(("h", level, text))
+
+    def p(self, text: str):
+        self.blocks.append(("p", text))
+
+    def ul(self, items: list[str]):
+        if items:
+            self.blocks.append(("ul", items))
+
+    def table(self, md: str):
+        if md.strip():
+            self.blocks.append(("table", md))
+
+    def img(self, path: str, alt: str):
+        self.blocks.append(("img", os.path.relpath(path, self.base), alt))
+
+    def links(self, paths: list[str]):
+        if paths:
+            self.blocks.append(("links", [os.path.relpath(p, self.base) for p in paths]))
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for b in self.blocks:
+            if b[0] == "h":
+                out += ["#" * b[1] + " " + b[2], ""]
+            elif b[0] == "p":
+                out += [b[1], ""]
+            elif b[0] == "ul":
+                out += [f"- {x}" for x in b[1]] + [""]
+            elif b[0] == "table":
+                out += [b[1].rstrip(), ""]
+            elif b[0] == "img":
+                out += [f"![{b[2]}]({b[1]})", ""]
+            elif b[0] == "links":
+                out += ["Files: " + ", ".join(f"[{Path(x).name}]({x})" for x in b[1]), ""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        e = html.escape
+        out = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{e(self.title)}</title>",
+               "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+               "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
+               "th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}code{background:#f6f6f6}"
+               ".note{color:#555}</style></head><body>", f"<h1>{e(self.title)}</h1>"]
+        for b in self.blocks:
+            if b[0] == "h":
+                out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
+            elif b[0] == "p":
+                out.append(f"<p>{_inline(b[1])}</p>")
+            elif b[0] == "ul":
+                out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
+            elif b[0] == "table":
+                out.append(_md_table_html(b[1]))
+            elif b[0] == "img":
+                out.append(f"<p><img src='{e(b[1])}' alt='{e(b[2])}'></p>")
+            elif b[0] == "links":
+                out.append("<p class='note'>Files: " + ", ".join(f"<a href='{e(x)}'>{e(Path(x).name)}</a>"
+                                                                 for x in b[1]) + "</p>")
+        out.append("</body></html>")
+        return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    """Escape, then the two Markdown marks we use: **bold** and `code`."""
+    import re
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def _md_table_html(md: str) -> str:
+    lines = [ln.strip() for ln in md.strip().splitlines() if ln.strip().startswith("|")]
+    if len(lines) < 2:
+        return f"<p>{html.escape(md)}</p>"
+    cells = lambda ln: [c.strip() for c in ln.strip("|").split("|")]
+    head = "".join(f"<th>{_inline(c)}</th>" for c in cells(lines[0]))
+    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells(ln)) + "</tr>" for ln in lines[2:])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def build_report(plan: dict, out: str | Path, target: str = "report", settings: Settings | None = None,
+                 items: list[str] | None = None) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = settings or Settings.from_plan(plan)
+    coll = collect(plan)
+    registry = paper_figures.registry()
+    built: list[Item] = []
+    for name, spec in registry.items():
+        if items and name not in items:
+            continue
+        built.append(build(name, spec, coll, out / "items", settings))
+
+    runs_csv = coll.runs.drop(columns=["meta"]).assign(experiments=lambda d: d["experiments"].map(
+        lambda e: ";".join(f"{k}={v}" for k, v in e.items())))
+    runs_csv.to_csv(out / "runs.csv", index=False)
+    coll.tidy.to_csv(out / "tidy.csv", index=False)
+    coll.problems.assign(experiments=coll.problems["experiments"].map(";".join)).to_csv(out / "problems.csv",
+                                                                                          index=False)
+
+    page = Page(f"MARIE reproduction report ({plan.get('name')})", out)
+    n_complete = int(coll.runs["complete"].sum())
+    page.p(f"Target `{target}`. {len(coll.runs)} runs planned, {n_complete} complete, "
+           f"{len(coll.problems)} problems (missing, unfinished, short or skipped runs, listed at the end). "
+           f"Numbers are from the `{plan.get('backend')}` backend: see `marie maps` for how each map differs "
+           f"from StarCraft II.")
+    methods = plan.get("methods") or {}
+    unregistered = [f"{m} (algo `{d['algo']}`)" for m, d in methods.items() if not d.get("registered")]
+    if unregistered:
+        page.p("Methods without a registered algorithm (their runs are missing): " + ", ".join(unregistered) + ".")
+    page.h(2, "Provenance")
+    page.table("| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in provenance(coll)) + "\n")
+    page.links([str(out / "runs.csv"), str(out / "tidy.csv"), str(out / "problems.csv")])
+
+    page.h(2, "Tables and figures")
+    not_in_plan = []
+    for it in built:
+        if it.status == "not-in-plan":
+            not_in_plan.append(f"{it.name}: {it.title}")
+            continue
+        page.h(3, f"{it.name}: {it.title}")
+        status = {"ok": "", "empty": "**No complete runs yet.** ", "unavailable": "**Not available.** "}.get(it.status, "")
+        page.p(f"{status}Target `{it.target}`; {it.runs} run(s) used.")
+        page.table(it.markdown)
+        for f in it.files:
+            if f.endswith(".png"):
+                page.img(f, it.name)
+        page.links([f for f in it.files if not f.endswith(".png")])
+        page.ul(it.notes)
+    if not_in_plan:
+        page.h(3, "Not part of this plan")
+        page.ul(not_in_plan)
+
+    page.h(2, "Missing runs")
+    if len(coll.problems):
+        by_kind = coll.problems.groupby("kind", sort=False)
+        page.p("; ".join(f"{k}: {len(g)}" for k, g in by_kind) + ". Every planned run that is not complete:")
+        lines = ["| run | kind | experiments | detail |", "|---|---|---|---|"]
+        for p in coll.problems.itertuples():
+            lines.append(f"| {p.key} | {p.kind} | {', '.join(p.experiments)} | {p.detail.replace('|', '/')} |")
+        page.table("\n".join(lines) + "\n")
+    else:
+        page.p("None: every planned run is complete.")
+
+    (out / "index.md").write_text(page.markdown())
+    (out / "index.html").write_text(page.html())
+    return {"items": built, "collection": coll, "index": str(out / "index.html")}

@@ -1,0 +1,162 @@
+"""Tables in the paper's format: mean (std) over seeds of the final evaluation, ours beside the paper's.
+
+final_scores():   one row per complete run: its last evaluation (at the run's budget).
+summarize():      mean, std and the number of seeds per table cell.
+comparison():     the table as data (long: rows x column x source ours|paper) and as text (CSV/Markdown/LaTeX).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import Collection
+
+
+def final_scores(coll: Collection) -> pd.DataFrame:
+    """The last evaluation of every complete run (incomplete runs are problems, not table entries)."""
+    runs = coll.runs[coll.runs["complete"]]
+    if not len(runs) or not len(coll.tidy):
+        return pd.DataFrame(columns=["key", "env", "map", "method", "variant", "label", "seed", "budget", "difficulty",
+                                     "env_steps", "win_rate", "return_mean", "wall_s"])
+    last = coll.tidy[coll.tidy["key"].isin(runs["key"])].sort_values("env_steps").groupby("key").tail(1)
+    keep = ["key", "difficulty"] + (["label"] if "label" in runs else [])
+    out = last.merge(runs[keep], on="key")
+    if "label" not in out:
+        out["label"] = out["variant"]
+    return out.sort_values(["map", "variant", "seed"]).reset_index(drop=True)
+
+
+def summarize(scores: pd.DataFrame, by: list[str], value: str = "win_rate", scale: float = 1.0,
+              ddof: int = 0) -> pd.DataFrame:
+    """mean, std (ddof 0: the population std over seeds, as numpy computes it) and n per group."""
+    if not len(scores):
+        return pd.DataFrame(columns=by + ["mean", "std", "n"])
+    g = scores.groupby(by, sort=False)[value]
+    out = g.agg(mean="mean", n="count").reset_index()
+    out["std"] = g.agg(lambda s: float(np.std(s.to_numpy(dtype=float), ddof=ddof)) if len(s) > ddof else np.nan).values
+    out["mean"] *= scale
+    out["std"] *= scale
+    return out[by + ["mean", "std", "n"]]
+
+
+@dataclass
+class Table:
+    """A comparison table: `long` holds the numbers, the rest renders them."""
+    title: str
+    rows: list[str]            # row key columns, e.g. ["map"] or ["map", "method"]
+    columns: list[str]         # column labels in order
+    long: pd.DataFrame         # rows..., column, source (ours|paper), mean, std, n
+    fmt: str = "{mean:.1f} ({std:.1f})"
+    expected_n: int | None = None
+    row_info: pd.DataFrame | None = None   # extra columns per row (difficulty, steps)
+    note: str = ""
+
+    def cell(self, rec) -> str:
+        if rec is None or pd.isna(rec["mean"]):
+            return "–"
+        std = 0.0 if pd.isna(rec["std"]) else rec["std"]
+        text = self.fmt.format(mean=rec["mean"], std=std)
+        if rec.get("source") == "ours" and self.expected_n and rec["n"] < self.expected_n:
+            text += f" [n={int(rec['n'])}]"
+        return text
+
+    def wide(self, sources=("ours", "paper")) -> pd.DataFrame:
+        """One row per table row; for each column label, one text column per source."""
+        keys = self.long[self.rows].drop_duplicates() if len(self.long) else pd.DataFrame(columns=self.rows)
+        if self.row_info is not None and len(self.row_info):
+            keys = self.row_info[self.rows].merge(keys, how="outer").drop_duplicates()
+        index = {}
+        for rec in self.long.to_dict("records"):
+            index[(tuple(rec[r] for r in self.rows), rec["column"], rec["source"])] = rec
+        out = []
+        for k in keys.itertuples(index=False):
+            k = tuple(k)
+            row = dict(zip(self.rows, k))
+            if self.row_info is not None:
+                info = self.row_info
+                match = info[np.logical_and.reduce([info[r] == v for r, v in zip(self.rows, k)])] if len(info) else info
+                if len(match):
+                    row.update({c: match.iloc[0][c] for c in info.columns if c not in self.rows})
+            for col in self.columns:
+                for src in sources:
+                    row[f"{col} ({src})"] = self.cell(index.get((k, col, src)))
+            out.append(row)
+        return pd.DataFrame(out)
+
+    def best(self, wide_row: dict, source: str = "ours") -> set[str]:
+        """Column labels holding the row's maximum mean (for bold)."""
+        k = tuple(wide_row[r] for r in self.rows)
+        vals = {c: rec["mean"] for (kk, c, s), rec in
+                ((key, r) for key, r in self._index().items()) if kk == k and s == source and not pd.isna(rec["mean"])}
+        if not vals:
+            return set()
+        top = max(vals.values())
+        return {c for c, v in vals.items() if np.isclose(v, top)}
+
+    def _index(self):
+        return {(tuple(rec[r] for r in self.rows), rec["column"], rec["source"]): rec
+                for rec in self.long.to_dict("records")}
+
+    # -- renderers -------------------------------------------------------------------------------
+    def to_csv(self) -> str:
+        return self.long.to_csv(index=False, float_format="%.4g")
+
+    def to_markdown(self) -> str:
+        wide = self.wide()
+        if not len(wide):
+            return "_no complete runs yet_\n"
+        cols = list(wide.columns)
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        for row in wide.to_dict("records"):
+            best = self.best(row)
+            cells = []
+            for c in cols:
+                text = str(row[c])
+                if c.endswith(" (ours)") and c[: -len(" (ours)")] in best and len(best) < len(self.columns):
+                    text = f"**{text}**"
+                cells.append(text)
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        wide = self.wide()
+        cols = list(wide.columns)
+        esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("±", r"$\pm$")
+        lines = [f"% {self.title}", r"\begin{tabular}{" + "l" * len(self.rows) + "r" * (len(cols) - len(self.rows)) + "}",
+                 r"\toprule", " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
+        for row in wide.to_dict("records"):
+            best = self.best(row)
+            cells = []
+            for c in cols:
+                text = esc(row[c])
+                if c.endswith(" (ours)") and c[: -len(" (ours)")] in best and len(best) < len(self.columns):
+                    text = r"\textbf{" + text + "}"
+                cells.append(text)
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+
+def comparison(scores: pd.DataFrame, reference: pd.DataFrame | None, *, title: str, rows: list[str],
+               columns: list[str], value: str = "win_rate", scale: float = 100.0, ddof: int = 0,
+               fmt: str = "{mean:.1f} ({std:.1f})", expected_n: int | None = None,
+               row_info: pd.DataFrame | None = None, note: str = "") -> Table:
+    """scores: final scores with a `column` field (the table column of each run) and the row keys.
+    reference: the paper's numbers with the same row keys, `column`, mean and std (already scaled)."""
+    ours = summarize(scores, rows + ["column"], value=value, scale=scale, ddof=ddof) if len(scores) else \
+        pd.DataFrame(columns=rows + ["column", "mean", "std", "n"])
+    ours["source"] = "ours"
+    parts = [ours]
+    if reference is not None and len(reference):
+        ref = reference[rows + ["column", "mean", "std"]].copy()
+        ref["n"] = np.nan
+        ref["source"] = "paper"
+        parts.append(ref)
+    long = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else ours
+    long = long[long["column"].isin(columns)]
+    order = {c: i for i, c in enumerate(columns)}
+    long = long.assign(_o=long["column"].map(order)).sort_values(rows + ["_o", "source"]).drop(columns="_o")
+    return Table(title=title, rows=rows, columns=columns, long=long.reset_index(drop=True), fmt=fmt,
+                 expected_n=expected_n, row_info=row_info, note=note)

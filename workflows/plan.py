@@ -1,0 +1,372 @@
+"""The workflow's plan: workflows/config.yaml -> the list of runs every target needs.
+
+Pure Python, no Snakemake: the Snakefile, the tests and `python workflows/plan.py` all use it.
+
+A run is one `marie run` (a method or a variant of it, on one map, one seed) with its run directory
+{root}/runs/{env}/{map}/{variant}/seed{seed}/. A run used by several experiments (e.g. MARIE on 2s3z is
+in Table 1 and in the Fig. 4 ablation) is planned once. A planned run that cannot run (map unavailable
+on the backend, algorithm not registered or rejecting the configuration) is *skipped* with its reason,
+or is an error when the config says on_unavailable/on_unregistered: fail. Mistakes in the config itself
+(an unknown method, a map the registry does not know, a malformed entry) are errors: one line, at parse time.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MARKER = "workflow.done"          # written into a run directory once `marie run` completed it
+ACTIONS = ("skip", "fail")
+
+
+class PlanError(ValueError):
+    """A mistake in the workflow configuration (one line, says what to change)."""
+
+
+@dataclass
+class Run:
+    key: str                      # {env}/{map}/{variant}/seed{seed}: the run's name everywhere
+    env: str
+    map: str
+    method: str                   # the method's name in tables (MARIE, QMIX, ...)
+    variant: str                  # run-directory name: the method, or a variant such as MARIE-H8
+    seed: int
+    algo: str
+    preset: str
+    steps: int
+    overrides: list[str]          # --set key=value, in order
+    difficulty: str
+    root: str
+    threads: int
+    resources: dict
+    experiments: dict = field(default_factory=dict)   # experiment -> label of this run in that experiment
+
+    @property
+    def rundir(self) -> str:
+        return f"{self.root}/runs/{self.key}"
+
+    @property
+    def marker(self) -> str:
+        return f"{self.rundir}/{MARKER}"
+
+    @property
+    def log(self) -> str:
+        return f"{self.root}/logs/{self.key}.log"
+
+    def signature(self) -> tuple:
+        return (self.algo, self.preset, self.steps, tuple(self.overrides))
+
+    def command(self) -> str:
+        parts = ["marie", "run", "--algo", self.algo, "--env", self.env, "--map", self.map, "--seed", str(self.seed),
+                 "--steps", str(self.steps), "--preset", self.preset, "--out", self.rundir]
+        for item in self.overrides:
+            parts += ["--set", item]
+        return " ".join(shlex.quote(p) for p in parts)
+
+
+@dataclass
+class Plan:
+    name: str                     # "main" or "demo"
+    root: str
+    backend: str
+    seeds: list[int]
+    runs: dict[str, Run]          # key -> run
+    skipped: list[dict]           # {key, experiment, method, variant, map, seed, kind, reason}
+    experiments: dict[str, dict]  # experiment -> {env, maps, variants: {variant: {method, label}}}
+    methods: dict[str, dict]      # method -> {algo, registered}
+    targets: dict[str, list[str]]
+    model_analysis: dict[str, dict]
+    analysis: dict
+    config_digest: str = ""
+
+    def runs_of(self, experiments: list[str]) -> list[Run]:
+        return [r for r in self.runs.values() if any(e in r.experiments for e in experiments)]
+
+    def markers(self, experiments: list[str]) -> list[str]:
+        return sorted(r.marker for r in self.runs_of(experiments))
+
+    def by_rundir(self) -> dict[str, Run]:
+        return {r.rundir: r for r in self.runs.values()}
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["runs"] = [dict(asdict(r), rundir=r.rundir, marker=r.marker, log=r.log) for r in self.runs.values()]
+        return out
+
+
+# -- configuration ----------------------------------------------------------------------------------
+def load_config(path: str | Path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise PlanError(message)
+
+
+def _registered_algorithms() -> dict[str, str]:
+    from marie.algorithm import ALGORITHMS
+    return dict(ALGORITHMS)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _overrides(block: Any, where: str) -> list[str]:
+    if block is None:
+        return []
+    if isinstance(block, dict):
+        return [f"{k}={_format_value(v)}" for k, v in block.items()]
+    if isinstance(block, list) and all(isinstance(x, str) and "=" in x for x in block):
+        return list(block)
+    raise PlanError(f"{where}: `set` must be a mapping key: value (or a list of 'key=value'), got {block!r}")
+
+
+def _resolve_env(spec: Any, backend: str, experiment: str) -> str:
+    if isinstance(spec, str):
+        return spec.format(backend=backend)
+    if isinstance(spec, dict):
+        _need(backend in spec, f"experiment '{experiment}': env has no entry for backend '{backend}' "
+                               f"(it has: {', '.join(spec)})")
+        return str(spec[backend]).format(backend=backend)
+    raise PlanError(f"experiment '{experiment}': env must be a backend name or a mapping backend -> env, got {spec!r}")
+
+
+class _Checker:
+    """Can this (algo, preset, env, map, overrides) run? Cached; imports algorithms only when registered."""
+
+    def __init__(self, registered: dict[str, str]):
+        self.registered = registered
+        self.cache: dict[tuple, str | None] = {}
+
+    def __call__(self, run: Run) -> tuple[str, str] | None:
+        if run.algo not in self.registered:
+            return ("unregistered", f"algo '{run.algo}' of method {run.method} is not registered yet "
+                                    f"(registered: {', '.join(sorted(self.registered))})")
+        key = (run.algo, run.preset, run.env, run.map, tuple(run.overrides))
+        if key not in self.cache:
+            self.cache[key] = self._check(run)
+        reason = self.cache[key]
+        return None if reason is None else ("rejected", reason)
+
+    def _check(self, run: Run) -> str | None:
+        try:
+            from marie.algorithm import algorithm_class
+            from marie.config import resolve_config
+            from marie.envs.registry import get_map
+            cls = algorithm_class(run.algo)
+            spec = get_map(run.env, run.map)
+            kind = "continuous" if spec.family == "mamujoco" else "discrete"
+            if kind not in getattr(cls, "action_spaces", ("discrete",)):
+                return f"algo '{run.algo}' needs {'/'.join(cls.action_spaces)} actions; {run.map} has {kind} actions"
+            resolve_config(algo=run.algo, preset_file=cls.preset_file, preset=run.preset, env=run.env,
+                           map_name=run.map, seed=run.seed, steps=run.steps, overrides=run.overrides)
+        except Exception as exc:  # UserError, or an algorithm module that does not import yet
+            return f"algo '{run.algo}' rejects this run: {type(exc).__name__ if not str(exc) else exc}"
+        return None
+
+
+def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | None = None,
+               check: bool = True) -> Plan:
+    """Every run of every experiment (or of the demo), validated against the map registry and the algorithms."""
+    from marie.envs.registry import BACKENDS, all_maps
+
+    cfg = copy.deepcopy(config)
+    for key in ("backend", "seeds", "maps", "methods", "experiments", "eval"):
+        _need(key in cfg, f"workflow config: missing key '{key}'")
+    backend = cfg["backend"]
+    _need(backend in BACKENDS, f"workflow config: unknown backend '{backend}'; valid: {', '.join(BACKENDS)}")
+    for key in ("on_unavailable", "on_unregistered"):
+        _need(cfg.get(key, "skip") in ACTIONS, f"workflow config: {key} must be skip or fail, got {cfg.get(key)!r}")
+    registry = all_maps()
+    maps_cfg: dict = cfg["maps"] or {}
+    for name, entry in maps_cfg.items():
+        _need(name in registry, f"workflow config: map '{name}' is unknown to the map registry "
+                                f"(marie/envs/maps.yaml; `marie maps` lists them)")
+        _need(isinstance(entry, dict) and isinstance(entry.get("budget"), int) and entry["budget"] > 0,
+              f"workflow config: map '{name}' needs a positive integer budget")
+    methods_cfg: dict = cfg["methods"] or {}
+    for name, m in methods_cfg.items():
+        _need(isinstance(m, dict) and isinstance(m.get("algo"), str),
+              f"workflow config: method '{name}' needs `algo: <marie run --algo name>`")
+    registered = _registered_algorithms() if registered is None else registered
+    checker = _Checker(registered)
+
+    seeds = cfg["seeds"]
+    _need(isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds),
+          f"workflow config: seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    _need(len(set(seeds)) == len(seeds), f"workflow config: seeds repeat: {seeds}")
+    root = str(cfg.get("results", "results"))
+    experiments_cfg: dict = cfg["experiments"] or {}
+    res_cfg = cfg.get("resources") or {}
+    default_res = dict(res_cfg.get("default") or {})
+    eval_cfg = cfg["eval"]
+    steps_override = None
+    preset_override = None
+    if demo:
+        d = cfg.get("demo") or {}
+        _need(d.get("experiment") in experiments_cfg, f"workflow config: demo.experiment must name an experiment")
+        base = copy.deepcopy(experiments_cfg[d["experiment"]])
+        base["maps"] = d.get("maps", base.get("maps"))
+        base.pop("eval", None)
+        experiments_cfg = {d["experiment"]: base}
+        seeds = d.get("seeds", seeds)
+        steps_override = d.get("steps")
+        preset_override = d.get("preset")
+        eval_cfg = d.get("eval", eval_cfg)
+        default_res.update(d.get("resources") or {})
+        root = f"{root}/demo"
+    device = cfg.get("device", "cpu")
+    _need(device in ("cpu", "cuda"), f"workflow config: device must be cpu or cuda, got {device!r}")
+
+    runs: dict[str, Run] = {}
+    skipped: list[dict] = []
+    experiments: dict[str, dict] = {}
+    for exp_name, exp in experiments_cfg.items():
+        _need(isinstance(exp, dict), f"experiment '{exp_name}' must be a mapping")
+        env = _resolve_env(exp.get("env", "{backend}"), backend, exp_name)
+        _need(env in BACKENDS, f"experiment '{exp_name}': unknown env '{env}'")
+        exp_maps = exp.get("maps") or []
+        for m in exp_maps:
+            _need(m in maps_cfg, f"experiment '{exp_name}': map '{m}' is not in the config's `maps` "
+                                 f"(add it there with its difficulty and budget)" if m in registry else
+                                 f"experiment '{exp_name}': map '{m}' is unknown to the map registry "
+                                 f"(`marie maps` lists them)")
+        variants: dict[str, dict] = {}
+        for method in exp.get("methods") or []:
+            variants[method] = {"method": method, "label": method, "set": None}
+        for vname, v in (exp.get("variants") or {}).items():
+            _need(isinstance(v, dict) and "method" in v, f"experiment '{exp_name}': variant '{vname}' needs `method`")
+            variants[vname] = {"method": v["method"], "label": str(v.get("label", vname)), "set": v.get("set")}
+        for vname, v in variants.items():
+            _need(v["method"] in methods_cfg, f"experiment '{exp_name}': unknown method '{v['method']}'; "
+                                              f"methods: {', '.join(methods_cfg)}")
+            _need("/" not in vname and vname.strip() == vname and vname,
+                  f"experiment '{exp_name}': bad variant name {vname!r}")
+        exp_eval = dict(eval_cfg) if demo else dict(exp.get("eval") or eval_cfg)
+        experiments[exp_name] = {"env": env, "maps": list(exp_maps),
+                                 "variants": {k: {"method": v["method"], "label": v["label"]} for k, v in variants.items()}}
+        for map_name in exp_maps:
+            mspec = registry[map_name]
+            difficulty = maps_cfg[map_name].get("difficulty", mspec.difficulty)
+            budget = int(steps_override or maps_cfg[map_name]["budget"])
+            support = mspec.support(env)
+            for vname, v in variants.items():
+                method = v["method"]
+                mcfg = methods_cfg[method]
+                preset = preset_override or mcfg.get("preset") or cfg.get("preset", "small")
+                res = dict(default_res)
+                if not demo:
+                    res.update((res_cfg.get("methods") or {}).get(method) or {})
+                threads = int(res.pop("threads", 1))
+                overrides = _overrides(mcfg.get("set"), f"method '{method}'")
+                overrides += _overrides(v["set"], f"experiment '{exp_name}' variant '{vname}'")
+                overrides += [f"run.eval_every={min(int(exp_eval['interval']), budget)}",
+                              f"run.eval_episodes={int(exp_eval['episodes'])}",
+                              f"run.torch_threads={threads}"]
+                if device == "cuda" and method in (cfg.get("gpu_methods") or []):
+                    overrides.append("run.device=cuda")
+                    res.setdefault("gpu", 1)
+                for seed in seeds:
+                    key = f"{env}/{map_name}/{vname}/seed{seed}"
+                    run = Run(key=key, env=env, map=map_name, method=method, variant=vname, seed=int(seed),
+                              algo=mcfg["algo"], preset=preset, steps=budget, overrides=overrides,
+                              difficulty=difficulty, root=root, threads=threads, resources=res)
+                    info = {"key": key, "experiment": exp_name, "method": method, "variant": vname,
+                            "map": map_name, "seed": seed, "env": env}
+                    if support["status"] == "unavailable":
+                        reason = f"map '{map_name}' is unavailable on {env}: {support.get('note', '')}"
+                        if cfg.get("on_unavailable", "skip") == "fail":
+                            raise PlanError(f"{key}: {reason} (on_unavailable: fail)")
+                        skipped.append(dict(info, kind="unavailable", reason=reason))
+                        continue
+                    problem = checker(run) if check else None
+                    if problem is not None:
+                        if cfg.get("on_unregistered", "skip") == "fail":
+                            raise PlanError(f"{key}: {problem[1]} (on_unregistered: fail)")
+                        skipped.append(dict(info, kind=problem[0], reason=problem[1]))
+                        continue
+                    if key in runs:
+                        old = runs[key]
+                        _need(old.signature() == run.signature(),
+                              f"run {key} is planned twice with different settings (experiments "
+                              f"{', '.join(old.experiments)} and {exp_name}); give one variant another name")
+                        old.experiments[exp_name] = v["label"]
+                    else:
+                        run.experiments[exp_name] = v["label"]
+                        runs[key] = run
+
+    methods = {name: {"algo": m["algo"], "registered": m["algo"] in registered} for name, m in methods_cfg.items()}
+    targets = {k: list(v) for k, v in (cfg.get("targets") or {}).items()}
+    for t, exps in targets.items():
+        for e in exps:
+            _need(e in cfg["experiments"] or e == "model_analysis",
+                  f"target '{t}' names unknown experiment '{e}'")
+    model_analysis = {}
+    if not demo:
+        for name, spec in (cfg.get("model_analysis") or {}).items():
+            model_analysis[name] = _model_analysis(name, spec, runs, cfg)
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Plan(name="demo" if demo else "main", root=root, backend=backend, seeds=list(seeds), runs=runs,
+                skipped=skipped, experiments=experiments, methods=methods, targets=targets,
+                model_analysis=model_analysis, analysis=dict(cfg.get("analysis") or {}), config_digest=digest)
+
+
+def _model_analysis(name: str, spec: dict, runs: dict[str, Run], cfg: dict) -> dict:
+    for key in ("module", "command", "file", "maps", "methods", "experiment"):
+        _need(key in spec, f"model_analysis.{name}: missing key '{key}'")
+    available = bool(spec["module"]) and _module_exists(spec["module"])
+    selected = [r for r in runs.values() if spec["experiment"] in r.experiments and r.map in spec["maps"]
+                and r.method in spec["methods"] and r.variant == r.method]
+    return {"module": spec["module"], "command": spec["command"], "file": spec["file"], "available": available,
+            "runs": sorted(r.key for r in selected), "maps": list(spec["maps"]), "methods": list(spec["methods"]),
+            "outputs": sorted(f"{r.rundir}/analysis/{spec['file']}" for r in selected)}
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def summary(plan: Plan) -> list[str]:
+    """Human-readable lines: how many runs are planned and which are skipped, grouped by reason."""
+    lines = [f"workflow ({plan.name}): {len(plan.runs)} runs planned under {plan.root}/runs on backend {plan.backend}"]
+    groups: dict[str, list[str]] = {}
+    for s in plan.skipped:
+        groups.setdefault(s["reason"], []).append(f"{s['experiment']}:{s['key']}")
+    for reason, keys in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        names = sorted({k.split(":", 1)[1].rsplit("/seed", 1)[0] for k in keys})
+        lines.append(f"  skipped {len(keys)} runs ({reason}): {', '.join(names)}")
+    for name, ma in plan.model_analysis.items():
+        if not ma["available"]:
+            lines.append(f"  model_analysis.{name}: not available yet (module {ma['module']} does not exist); "
+                         f"Fig. 7-9 need {ma['file']} in the runs' analysis/ folders")
+    return lines
+
+
+if __name__ == "__main__":  # python workflows/plan.py [config.yaml] [--demo]: print the plan
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    cfg_path = args[0] if args else Path(__file__).with_name("config.yaml")
+    try:
+        p = build_plan(load_config(cfg_path), demo="--demo" in sys.argv)
+    except PlanError as exc:
+        sys.exit(f"workflow config error: {exc}")
+    print("\n".join(summary(p)))
+    for r in p.runs.values():
+        print(f"  {r.key}  [{', '.join(r.experiments)}]  {r.command()}")

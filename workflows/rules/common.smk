@@ -1,0 +1,48 @@
+# Build the plan (the runs every target needs) from the config at parse time.
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+
+def _load_plan_module():
+    path = Path(workflow.basedir) / "workflows" / "plan.py"
+    spec = importlib.util.spec_from_file_location("marie_workflow_plan", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+WP = _load_plan_module()
+try:
+    PLAN = WP.build_plan(config)
+    DEMO = WP.build_plan(config, demo=True)
+except WP.PlanError as _exc:
+    raise WorkflowError(f"workflow config error: {_exc}") from None
+
+if config.get("announce", True):
+    for _line in WP.summary(PLAN) + WP.summary(DEMO):
+        print(_line, file=sys.stderr)
+
+RUNS = {**PLAN.by_rundir(), **DEMO.by_rundir()}
+PLAN_FILES = {"main": f"{PLAN.root}/workflow/plan.json", "demo": f"{DEMO.root}/workflow/plan.json"}
+RESOURCE_DEFAULTS = {k: v for k, v in ((config.get("resources") or {}).get("default") or {}).items() if k != "threads"}
+RESOURCE_DEFAULTS.setdefault("gpu", 0)
+
+
+def planned_run(w):
+    rundir = f"{w.root}/runs/{w.env}/{w.map}/{w.variant}/seed{w.seed}"
+    if rundir not in RUNS:
+        raise WorkflowError(f"{rundir} is not a run of the plan (workflows/config.yaml); "
+                            f"`python workflows/plan.py` lists the planned runs")
+    return RUNS[rundir]
+
+
+def _resource(key):
+    default = RESOURCE_DEFAULTS[key]
+    empty = 0 if isinstance(default, (int, float)) else ""
+    return lambda w: planned_run(w).resources.get(key, empty)
