@@ -17,6 +17,11 @@ holds `batch_size` episodes. pymarl's episode runner (1 environment) trains once
 with run.num_envs E > 1 episodes finish at different steps, and we still do one update per finished
 episode, so the ratio of updates to collected episodes is pymarl's whatever E is.
 
+State scaling (`state_scaling: maxabs`): the mixer sees the state divided feature-wise by
+max(1, the largest |value| seen so far in training). SMAC's state is already normalised to [-1, 1], so
+this is the identity there (pymarl's behaviour); SMAX's world state holds raw positions (0..32) and
+cooldowns, which make the hypernetworks' outputs and Q_tot explode without it. `none` turns it off.
+
 Subclasses provide the mixer (`build_mixer`) and may feed it more inputs (`mixer_inputs`, MBVD).
 """
 from __future__ import annotations
@@ -131,6 +136,9 @@ class ValueDecompositionLearner(Algorithm):
         self.train_steps = 0
         self.last_target_update = 0  # episode count at the last target copy
         self.update_credit = 0.0     # gradient steps owed
+        if p["state_scaling"] not in ("maxabs", "none"):
+            raise UserError(f"state_scaling must be maxabs or none, got {p['state_scaling']!r}")
+        self.state_maxabs = np.ones(self.state_dim, np.float32)  # running max(1, |state|) per feature
 
     # -- acting --------------------------------------------------------------------------------------
     def initial_carry(self, num_envs: int) -> Any:
@@ -158,7 +166,7 @@ class ValueDecompositionLearner(Algorithm):
         last = carry["last_action"].copy()
         if first.any():
             h = h.clone()
-            h[torch.as_tensor(first, device=self.device)] = 0
+            h[torch.tensor(first, device=self.device)] = 0
             last[first] = -1
         with torch.no_grad():
             obs = torch.tensor(ts.obs, device=self.device, dtype=self.dtype)
@@ -166,7 +174,7 @@ class ValueDecompositionLearner(Algorithm):
             onehot = F.one_hot(last_t.clamp(min=0), self.n_actions).to(self.dtype) * (last_t >= 0).unsqueeze(-1)
             inputs = self.agent_inputs(obs, onehot).reshape(E * N, 1, -1)
             q, hidden = self.agent(inputs, h.reshape(E * N, -1))
-            avail = torch.as_tensor(ts.avail, device=self.device, dtype=torch.bool)
+            avail = torch.tensor(ts.avail, device=self.device, dtype=torch.bool)
             greedy = masked_greedy(q.reshape(E, N, -1), avail).cpu().numpy()
         actions = greedy
         if training or self.run.get("eval_sample"):
@@ -183,6 +191,9 @@ class ValueDecompositionLearner(Algorithm):
     # -- collecting ----------------------------------------------------------------------------------
     def observe(self, ts, actions, ts_next):
         self.t_env += len(actions)
+        if self.params["state_scaling"] == "maxabs":
+            seen = np.maximum(np.abs(ts.state).max(0), np.abs(ts_next.next_state).max(0))
+            np.maximum(self.state_maxabs, seen, out=self.state_maxabs)
         for episode in self.builder.add(ts, actions, ts_next):
             self.buffer.add(episode)
             self.episodes += 1
@@ -219,6 +230,7 @@ class ValueDecompositionLearner(Algorithm):
     def train_step(self) -> dict:
         p = self.params
         batch = self._tensors(self.buffer.sample(p["batch_size"], self.rng))
+        batch["state"] = batch["state"] / torch.as_tensor(self.state_maxabs, device=self.device, dtype=self.dtype)
         actions, avail, mask = batch["actions"], batch["avail"], batch["mask"]
         onehot = F.one_hot(actions, self.n_actions).to(self.dtype)
         with self.autocast():
@@ -281,6 +293,7 @@ class ValueDecompositionLearner(Algorithm):
             "builder": self.builder.state_dict(), "rng": self.rng.bit_generator.state,
             "counters": {"t_env": self.t_env, "episodes": self.episodes, "train_steps": self.train_steps,
                          "last_target_update": self.last_target_update, "update_credit": self.update_credit},
+            "state_maxabs": self.state_maxabs.copy(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -296,3 +309,4 @@ class ValueDecompositionLearner(Algorithm):
         self.rng.bit_generator.state = state["rng"]
         for key, value in state["counters"].items():
             setattr(self, key, value)
+        self.state_maxabs = np.asarray(state["state_maxabs"], np.float32).copy()
