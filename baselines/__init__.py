@@ -1,0 +1,1 @@
+"""Baseline algorithms of the MARIE reproduction suite (one module or subpackage each)."""

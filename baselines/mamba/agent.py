@@ -1,0 +1,200 @@
+"""MAMBA (Egorov & Shpilman 2022): DreamerV2 for many agents, as an Algorithm of this suite.
+
+Loop: collect transitions into a sequence replay; after every `trajectories_between_updates` finished
+training episodes, train the world model for `model_epochs` batches, then run `policy_updates` rounds
+of (filter a batch of replay sequences -> pick `imagined_rollouts` start states -> imagine
+`imagination_horizon` steps -> lambda-returns -> `ppo_epochs` of PPO on actor and critic).
+
+Execution uses the world model (the actor reads posterior features that attend over agents): the carry
+holds each environment's RSSM state and last joint action, reset where `ts.first`.
+See docs/mamba.md for the decisions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from baselines.mamba.behaviour import Actor, Critic, imagine, lambda_returns, policy_logits, ppo_actor_loss, sample_actions
+from baselines.mamba.replay import SequenceReplay
+from baselines.mamba.rssm import RSSMState, WorldModel
+from marie.algorithm import Algorithm
+
+PRESETS = Path(__file__).resolve().parent.parent / "configs" / "mamba.yaml"
+
+
+class MAMBA(Algorithm):
+    preset_file = PRESETS
+    action_spaces = ("discrete",)
+
+    def __init__(self, env_info, params, run, device, seed):
+        super().__init__(env_info, params, run, device, seed)
+        p = self.params
+        N, O, A = env_info.n_agents, env_info.obs_dim, env_info.n_actions
+        self.N, self.A = N, A
+        self.model = WorldModel(O, A, p).to(device=device, dtype=self.dtype)
+        F_ = self.model.feat_size
+        self.actor = Actor(F_, int(p["actor_hidden"]), int(p["actor_layers"]), 1, A).to(device=device, dtype=self.dtype)
+        self.critic = Critic(F_, int(p["critic_hidden"]), int(p["critic_layers"]), int(p["critic_heads"])).to(
+            device=device, dtype=self.dtype)
+        self.model_opt = torch.optim.Adam(self.model.parameters(), lr=float(p["model_lr"]))
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=float(p["actor_lr"]))
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=float(p["critic_lr"]))
+        self.replay = SequenceReplay(int(p["buffer_size"]), int(run["num_envs"]), N, O, A)
+        self.entropy_coef = float(p["entropy_coef"])
+        self.episodes = 0                 # finished training episodes
+        self.episodes_at_update = 0
+        self.n_updates = 0
+        self.last_action = np.zeros((int(run["num_envs"]), N), np.int64)
+        self.model.eval()
+
+    # -- acting ------------------------------------------------------------------------------------
+    def initial_carry(self, num_envs: int):
+        return {"deter": np.zeros((num_envs, self.N, self.model.D), np.float32),
+                "stoch": np.zeros((num_envs, self.N, self.model.stoch_size), np.float32),
+                "action": np.zeros((num_envs, self.N), np.int64)}
+
+    @torch.no_grad()
+    def act(self, ts, carry, training):
+        dev, dt = self.device, self.dtype
+        keep = torch.from_numpy(~ts.first).to(dev, dt)[:, None, None]
+        state = RSSMState(torch.from_numpy(carry["deter"]).to(dev, dt) * keep,
+                          torch.from_numpy(carry["stoch"]).to(dev, dt) * keep)
+        prev = F.one_hot(torch.from_numpy(carry["action"]).to(dev), self.A).to(dt) * keep
+        obs = torch.as_tensor(np.array(ts.obs), device=dev, dtype=dt)
+        avail = torch.as_tensor(np.array(ts.avail), device=dev)
+        with self.autocast():
+            state, _, _ = self.model.obs_step(state, prev, self.model.encoder(obs))
+            logits = policy_logits(self.actor, state.feat(), avail)
+        action = sample_actions(logits, greedy=not (training or self.run.get("eval_sample"))).cpu().numpy()
+        return action, {"deter": state.deter.float().cpu().numpy(), "stoch": state.stoch.float().cpu().numpy(),
+                        "action": action}
+
+    # -- data --------------------------------------------------------------------------------------
+    def observe(self, ts, actions, ts_next):
+        E = ts.first.shape[0]
+        first = ts.first
+        everyone = np.arange(E)
+        self.replay.add(everyone, obs=ts.obs, avail=ts.avail, alive=ts.alive | first[:, None],
+                        prev_action=np.where(first[:, None], -1, self.last_action),
+                        reward=np.where(first, 0.0, ts.reward), cont=np.ones(E, np.float32), first=first)
+        done = np.flatnonzero(ts_next.done)
+        if len(done):  # the final observation of each finished episode, before the auto-reset
+            self.replay.add(done, obs=ts_next.next_obs[done], avail=ts_next.next_avail[done],
+                            alive=ts_next.alive[done], prev_action=actions[done], reward=ts_next.reward[done],
+                            cont=1.0 - ts_next.terminated[done].astype(np.float32), first=np.zeros(len(done), bool))
+        self.last_action = np.asarray(actions, np.int64).copy()
+        self.episodes += len(done)
+
+    # -- learning ----------------------------------------------------------------------------------
+    def update(self, env_steps):
+        p = self.params
+        if (env_steps < int(p["learning_starts"])
+                or self.episodes - self.episodes_at_update < int(p["trajectories_between_updates"])
+                or not self.replay.can_sample(int(p["sequence_length"]))):
+            return
+        self.episodes_at_update = self.episodes
+        metrics = {}
+        for _ in range(int(p["model_epochs"])):
+            m = self._train_model()
+        metrics.update(m)
+        for _ in range(int(p["policy_updates"])):
+            m = self._train_behaviour()
+        metrics.update(m)
+        self.n_updates += 1
+        values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()  # one host sync
+        out = dict(zip(metrics.keys(), values))
+        out["entropy_coef"] = self.entropy_coef
+        out["episodes"] = self.episodes
+        yield out
+
+    def _sample(self, batch: int) -> dict:
+        return self.replay.sample(batch, int(self.params["sequence_length"]), self.device, self.dtype)
+
+    def _train_model(self) -> dict:
+        p = self.params
+        batch = self._sample(int(p["model_batch_size"]))
+        self.model.train()
+        with self.autocast():
+            loss, metrics, _ = self.model.loss(batch, p)
+        self.model_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["model_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(p["grad_clip"]))
+        self.model_opt.step()
+        self.model.eval()
+        return metrics
+
+    def _train_behaviour(self) -> dict:
+        p = self.params
+        H, R = int(p["imagination_horizon"]), int(p["imagined_rollouts"])
+        batch = self._sample(int(p["policy_batch_size"]))
+        with torch.no_grad(), self.autocast():
+            states, _, _ = self.model.observe(batch["obs"], batch["prev_action"], batch["first"])
+            deter, stoch = states.deter.flatten(0, 1), states.stoch.flatten(0, 1)     # [B*L, N, .]
+            pick = torch.randperm(deter.shape[0], device=deter.device)[:R]
+            traj = imagine(self.model, self.actor, RSSMState(deter[pick], stoch[pick]), H)
+            feat = traj["feat"]
+            value = self._value(feat)                                                 # [H+1, R, N]
+            # team reward and continuation: averaged over the agents' heads (MAMBA)
+            reward = traj["reward"].mean(-1, keepdim=True).expand_as(value[:-1])
+            cont = traj["cont"].mean(-1, keepdim=True).expand_as(value[:-1])
+            returns = lambda_returns(reward, float(p["gamma"]) * cont, value, float(p["lambda"]))
+            adv = returns - value[:-1]
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        flat = lambda x: x.flatten(0, 1)                                              # noqa: E731  [H*R, N, ...]
+        feat_t, avail, action, old_logp = flat(feat[:-1]), flat(traj["avail"]), flat(traj["action"]), flat(traj["logp"])
+        adv, returns = flat(adv), flat(returns)
+        n = feat_t.shape[0]
+        mb = max(1, int(p["ppo_minibatches"]))
+        clip, gc = float(p["ppo_clip"]), float(p["grad_clip"])
+        metrics = {}
+        for _ in range(int(p["ppo_epochs"])):
+            perm = torch.randperm(n, device=feat_t.device)
+            for idx in perm.chunk(mb):
+                with self.autocast():
+                    a_loss, a_info = ppo_actor_loss(self.actor, feat_t[idx], avail[idx], action[idx],
+                                                    old_logp[idx], adv[idx], clip, self.entropy_coef)
+                self.actor_opt.zero_grad(set_to_none=True)
+                a_loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.actor.parameters(), gc)
+                self.actor_opt.step()
+                self.entropy_coef *= float(p["entropy_annealing"])
+                with self.autocast():
+                    c_loss = 0.5 * (self._value(feat_t[idx]) - returns[idx]).pow(2).mean()
+                self.critic_opt.zero_grad(set_to_none=True)
+                c_loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.critic.parameters(), gc)
+                self.critic_opt.step()
+        metrics.update(actor_loss=a_loss, critic_loss=c_loss, policy_entropy=a_info["entropy"],
+                       clip_fraction=a_info["clip_fraction"],
+                       imag_return=returns.mean(), imag_reward=traj["reward"].mean(), imag_cont=traj["cont"].mean(),
+                       value_mean=value.mean())
+        return metrics
+
+    def _value(self, feat: torch.Tensor) -> torch.Tensor:
+        """Values [..., N] from features [..., N, F] (the critic attends over the agents axis)."""
+        return self.critic(feat.reshape(-1, *feat.shape[-2:])).reshape(feat.shape[:-1]).float()
+
+    # -- resume ------------------------------------------------------------------------------------
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "model_opt": self.model_opt.state_dict(), "actor_opt": self.actor_opt.state_dict(),
+                "critic_opt": self.critic_opt.state_dict(), "replay": self.replay.state_dict(),
+                "entropy_coef": self.entropy_coef, "episodes": self.episodes,
+                "episodes_at_update": self.episodes_at_update, "n_updates": self.n_updates,
+                "last_action": self.last_action.copy()}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.model_opt.load_state_dict(state["model_opt"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.replay.load_state_dict(state["replay"])
+        self.entropy_coef = state["entropy_coef"]
+        self.episodes, self.episodes_at_update = state["episodes"], state["episodes_at_update"]
+        self.n_updates = state["n_updates"]
+        self.last_action = state["last_action"].copy()
