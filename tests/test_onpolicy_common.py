@@ -174,3 +174,21 @@ def test_replaying_the_rollout_in_chunks_reproduces_the_acting_log_probs(algo_na
         logp, _ = log_prob_entropy(out, log_std, batch["action"][:, :, agent], batch["avail"][:, :, agent], dim_mask,
                                    algo.continuous)
         torch.testing.assert_close(logp, batch["logp"][:, :, agent], rtol=1e-4, atol=1e-4)
+
+
+def test_stacked_frames_hold_the_last_k_observations_and_restart_with_the_episode():
+    algo = make("mappo", discrete_info(), stacked_frames=3, agent_id="false")
+    rng = np.random.default_rng(3)
+    carry = algo.initial_carry(E)
+    seen = []
+    for step in range(4):
+        first = np.zeros(E, bool) if step else np.ones(E, bool)
+        if step == 3:
+            first[0] = True  # environment 0 starts a new episode
+        ts = fake_ts(rng, algo.env_info, first=first)
+        seen.append(torch.tensor(ts.obs))
+        _, carry = algo.act(ts, carry, training=True)
+    x = algo._last["x"].reshape(E, N, 3, O)
+    torch.testing.assert_close(x[1:], torch.stack(seen[1:], 2)[1:])             # the last 3 observations, oldest first
+    torch.testing.assert_close(x[0, :, :2], torch.zeros(N, 2, O))                 # a new episode: zeros before it
+    torch.testing.assert_close(x[0, :, 2], seen[3][0])
