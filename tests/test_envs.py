@@ -52,6 +52,7 @@ def test_smax_protocol_and_masks(smax_3m):
             assert (ts.next_avail[dead][:, 4]).all() and not ts.next_avail[dead][:, :4].any()
         episodes += int(ts.done.sum())
         assert (ts.episode_length[ts.done] > 0).all()
+        assert ts.state.min() >= 0.0 and ts.state.max() <= 1.0, "world state scaled like SMAC's"
     assert episodes > 0
 
 

@@ -70,10 +70,24 @@ def _compiled(scenario_key: tuple):
     agents = env.agents
     n_allies = env.num_allies
 
+    n_units, n_feat = env.num_allies + env.num_enemies, len(env.own_features)
+    pos_scale = jnp.array([env.map_width, env.map_height], jnp.float32)
+
+    def world_state(st):
+        """SMAX's world state with SMAC-like scaling: positions by the map size, cooldowns by the unit's
+        weapon cooldown, types by the number of types (SMAX leaves these raw, up to 32)."""
+        raw = env.get_world_state(st)
+        units = raw[: n_units * n_feat].reshape(n_units, n_feat)
+        cooldown = jnp.clip(units[:, 3] / env.unit_type_weapon_cooldowns[st.state.unit_types], 0.0, 1.0)
+        units = units.at[:, 1:3].divide(pos_scale).at[:, 3].set(cooldown)
+        teams = raw[n_units * n_feat: n_units * (n_feat + 1)]
+        types = raw[n_units * (n_feat + 1):] / (len(env.unit_type_names) - 1)
+        return jnp.concatenate([units.reshape(-1), teams, types])
+
     def observe(st):
         obs = env.get_obs(st)
         avail = env.get_avail_actions(st)
-        return (jnp.stack([obs[a] for a in agents]), env.get_world_state(st),
+        return (jnp.stack([obs[a] for a in agents]), world_state(st),
                 jnp.stack([avail[a] for a in agents]).astype(bool))
 
     def strong(st):  # drop JAX weak types so step() sees the same input types after reset and after step
