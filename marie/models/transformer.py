@@ -1,0 +1,122 @@
+"""GPT-2-style causal Transformer (pre-norm blocks, PyTorch SDPA attention) with a key/value cache.
+
+The cache is preallocated once per imagination ([layers, B, heads, max_tokens, head_dim] for keys and
+values) and filled in place, so a decoding step never copies or recomputes the context: a step of n
+new tokens costs n tokens of work, whatever the length of the context.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of B sequences, up to `max_tokens` positions."""
+
+    def __init__(self, n_layers: int, batch: int, heads: int, max_tokens: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (n_layers, batch, heads, max_tokens, head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.max_tokens = max_tokens
+        self.size = 0  # positions filled
+
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, attn_dropout: float, resid_dropout: float):
+        super().__init__()
+        assert dim % heads == 0, "embedding dimension must be divisible by the number of heads"
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_dropout = attn_dropout
+        self.resid_drop = nn.Dropout(resid_dropout)
+        self.record = False       # analysis: keep the attention weights of the last call
+        self.last_weights = None  # [B, heads, T, T_total]
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.size
+            if start + T > cache.max_tokens:
+                raise RuntimeError(f"KV cache overflow: {start}+{T} > {cache.max_tokens}")
+            cache.k[layer, :, :, start:start + T] = k
+            cache.v[layer, :, :, start:start + T] = v
+            k = cache.k[layer, :, :, :start + T]
+            v = cache.v[layer, :, :, :start + T]
+            if T == 1:
+                causal = False  # one new query sees the whole context
+            elif start > 0:
+                causal = False
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        dropout = self.attn_dropout if self.training else 0.0
+        if self.record:
+            self.last_weights = _attention_weights(q, k, mask, causal).detach()
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+def _attention_weights(q, k, mask, causal):
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    T, S = q.shape[-2], k.shape[-2]
+    if causal:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, attn_dropout: float, resid_dropout: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, attn_dropout, resid_dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(resid_dropout))
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of GPT blocks over embeddings [B, T, D] (embedding and heads live in the world model)."""
+
+    def __init__(self, dim: int, layers: int, heads: int, attn_dropout: float, resid_dropout: float):
+        super().__init__()
+        self.dim, self.n_layers, self.heads = dim, layers, heads
+        self.blocks = nn.ModuleList(Block(dim, heads, attn_dropout, resid_dropout) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+
+    def new_cache(self, batch: int, max_tokens: int, device, dtype) -> KVCache:
+        return KVCache(self.n_layers, batch, self.heads, max_tokens, self.dim // self.heads, device, dtype)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.size += x.shape[1]
+        return self.ln_f(x)
+
+    def record_attention(self, on: bool) -> None:
+        for block in self.blocks:
+            block.attn.record = on
+            block.attn.last_weights = None
+
+
+def init_gpt_weights(module: nn.Module) -> None:
+    """minGPT initialisation: N(0, 0.02) for linear and embedding weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(0.0, 0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.bias.data.zero_()
+        module.weight.data.fill_(1.0)
