@@ -82,6 +82,7 @@ def masked_uniform_actions(avail: np.ndarray, rng: np.random.Generator) -> np.nd
 # name -> "module:Class"; modules are imported only when the algorithm is used.
 ALGORITHMS: dict[str, str] = {
     "random": "marie.random_policy:RandomPolicy",
+    "marie": "marie.marie_agent:MARIEAgent",
     "mamba": "baselines.mamba.agent:MAMBA",
     "mappo": "baselines.mappo:MAPPO",
     "happo": "baselines.happo:HAPPO",
