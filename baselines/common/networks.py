@@ -140,7 +140,7 @@ def log_prob_entropy(out, log_std, actions, avail, dim_mask, continuous: bool):
     """Log-probability of `actions` and the entropy under the policy (out, log_std); per agent, summed over the
     action dimensions of continuous actions (padded dimensions masked out by dim_mask)."""
     if continuous:
-        dist = torch.distributions.Normal(out, log_std.exp())
+        dist = torch.distributions.Normal(out, log_std.exp(), validate_args=False)
         return (dist.log_prob(actions) * dim_mask).sum(-1), (dist.entropy() * dim_mask).sum(-1)
     logits = F.log_softmax(masked_logits(out, avail), -1)
     probs = logits.exp()

@@ -161,7 +161,7 @@ class OnPolicyAlgorithm(Algorithm):
         self.in_dim = info.obs_dim * self.stack + (self.N if p["agent_id"] else 0)
         if self.continuous:  # agents with fewer action dimensions than the widest are padded: mask those out
             dims = info.extra.get("agent_action_dims") or [self.A] * self.N
-            self.dim_mask = (torch.arange(self.A)[None, :] < torch.tensor(dims)[:, None]).to(self.dtype)
+            self.dim_mask = (torch.arange(self.A)[None, :] < torch.tensor(dims)[:, None]).to(self.device, self.dtype)
             self.low = torch.tensor(info.action_low, dtype=self.dtype)
             self.high = torch.tensor(info.action_high, dtype=self.dtype)
         else:
@@ -224,20 +224,20 @@ class OnPolicyAlgorithm(Algorithm):
         x = frames.flatten(2)
         if self.params["agent_id"]:
             x = torch.cat([x, self.agent_ids.expand(x.shape[0], -1, -1)], -1)
-        avail = torch.tensor(ts.avail)
+        avail = torch.tensor(ts.avail, device=self.device)
         with torch.no_grad():
             out, log_std, h_next = self._actor_step(x.to(self.device), h.to(self.device))
-            out, log_std, h_next = out.cpu(), log_std.cpu(), h_next.cpu()
             sample = training or self.run["eval_sample"]
             if self.continuous:
                 action = out + log_std.exp() * torch.randn_like(out) if sample else out
             elif sample:
-                action = torch.distributions.Categorical(logits=masked_logits(out, avail)).sample()
+                action = torch.distributions.Categorical(logits=masked_logits(out, avail), validate_args=False).sample()
             else:
                 action = masked_logits(out, avail).argmax(-1)
             if training:
                 logp, _ = log_prob_entropy(out, log_std, action, avail, self.dim_mask, self.continuous)
-                self._last = {"x": x, "h": h, "action": action, "logp": logp}
+                self._last = {"x": x, "h": h, "action": action.cpu(), "logp": logp.cpu()}
+        action, h_next = action.cpu(), h_next.cpu()
         if self.continuous:
             env_action = torch.max(torch.min(action, self.high), self.low).numpy().astype(np.float32)
         else:
