@@ -91,11 +91,24 @@ def test_carry_resets_where_an_episode_starts():
     assert not torch.allclose(after["h"][1], fresh["h"][1])
 
 
+def test_state_scaling_is_running_max_abs_and_identity_on_normalised_states():
+    algo = make_algo(num_envs=2)
+    rng = np.random.default_rng(2)
+    ts = fake_ts(rng, 2)
+    state = np.clip(ts.state, -1, 1)
+    state[0, 0], state[1, 1] = 20.0, -7.0
+    nxt = ts._replace(first=np.zeros(2, bool), next_state=np.clip(ts.state, -1, 1))
+    algo.observe(ts._replace(state=state), np.zeros((2, INFO.n_agents), np.int64), nxt)
+    expected = np.ones(INFO.state_dim, np.float32)
+    expected[:2] = [20, 7]
+    np.testing.assert_array_equal(algo.state_maxabs, expected)
+
+
 def test_smoke_run_through_the_cli(tmp_path):
     out = tmp_path / "run"
-    assert main(["run", "--algo", "qmix", "--map", "3m", "--steps", "600", "--preset", "smoke", "--out", str(out)]) == 0
+    assert main(["run", "--algo", "qmix", "--map", "3m", "--steps", "400", "--preset", "smoke", "--out", str(out)]) == 0
     ev, tr = pd.read_csv(out / "eval.csv"), pd.read_csv(out / "train.csv")
-    assert ev["env_steps"].tolist() == [0, 200, 400, 600]
+    assert ev["env_steps"].tolist() == [0, 200, 400]
     assert len(tr) > 5 and np.isfinite(tr["loss_td"]).all() and (tr["buffer_episodes"] >= 4).all()
 
 
@@ -104,7 +117,7 @@ class Interrupt(Exception):
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    args = dict(algo="qmix", env="smax", map_name="3m", seed=3, steps=800, preset="smoke")
+    args = dict(algo="qmix", env="smax", map_name="3m", seed=3, steps=600, preset="smoke")
     straight = tmp_path / "straight"
     Runner(*prepare(**args, out=straight)).train()
     resumed = tmp_path / "resumed"
