@@ -10,8 +10,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
-# arch (under rliable) warns that RandomState is deprecated on every bootstrap; we pass one on purpose
-warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+
+def _quiet_bootstrap(fn, *args, **kwargs):
+    """arch (under rliable) warns that RandomState is deprecated on every bootstrap; we pass one on purpose."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        return fn(*args, **kwargs)
 
 AGGREGATES = ("Mean", "Median", "IQM")
 
@@ -60,7 +64,7 @@ def aggregate_intervals(matrices: dict[str, np.ndarray], reps: int = 2000, confi
     if not matrices:
         return pd.DataFrame(columns=["method", "aggregate", "estimate", "lower", "upper", "runs", "tasks"])
     func = lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_median(x), metrics.aggregate_iqm(x)])
-    point, interval = rly.get_interval_estimates(matrices, func, reps=reps, confidence_interval_size=confidence,
+    point, interval = _quiet_bootstrap(rly.get_interval_estimates, matrices, func, reps=reps, confidence_interval_size=confidence,
                                                  random_state=np.random.RandomState(seed))
     rows = []
     for m, est in point.items():
@@ -82,7 +86,7 @@ def improvement(matrices: dict[str, np.ndarray], reference: str, reps: int = 200
     pairs = {f"{reference},{m}": (matrices[reference], x) for m, x in matrices.items() if m != reference}
     if not pairs:
         return pd.DataFrame(columns=cols)
-    point, interval = rly.get_interval_estimates(pairs, metrics.probability_of_improvement, reps=reps,
+    point, interval = _quiet_bootstrap(rly.get_interval_estimates, pairs, metrics.probability_of_improvement, reps=reps,
                                                  confidence_interval_size=confidence,
                                                  random_state=np.random.RandomState(seed))
     return pd.DataFrame([{"reference": reference, "baseline": k.split(",", 1)[1], "probability": float(point[k]),

@@ -153,10 +153,12 @@ class _Checker:
         self.registered = registered
         self.cache: dict[tuple, str | None] = {}
 
-    def __call__(self, run: Run) -> tuple[str, str] | None:
+    def __call__(self, run: Run, deep: bool = True) -> tuple[str, str] | None:
         if run.algo not in self.registered:
             return ("unregistered", f"algo '{run.algo}' of method {run.method} is not registered yet "
                                     f"(registered: {', '.join(sorted(self.registered))})")
+        if not deep:
+            return None
         key = (run.algo, run.preset, run.env, run.map, tuple(run.overrides))
         if key not in self.cache:
             self.cache[key] = self._check(run)
@@ -182,7 +184,10 @@ class _Checker:
 
 def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | None = None,
                check: bool = True) -> Plan:
-    """Every run of every experiment (or of the demo), validated against the map registry and the algorithms."""
+    """Every run of every experiment (or of the demo), validated against the map registry and the algorithms.
+
+    registered: algo name -> "module:Class" (default: marie.algorithm.ALGORITHMS); check=False skips
+    importing the algorithms to validate presets, overrides and action spaces (registration still counts)."""
     from marie.envs.registry import BACKENDS, all_maps
 
     cfg = copy.deepcopy(config)
@@ -294,7 +299,7 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
                             raise PlanError(f"{key}: {reason} (on_unavailable: fail)")
                         skipped.append(dict(info, kind="unavailable", reason=reason))
                         continue
-                    problem = checker(run) if check else None
+                    problem = checker(run, deep=check)
                     if problem is not None:
                         if cfg.get("on_unregistered", "skip") == "fail":
                             raise PlanError(f"{key}: {problem[1]} (on_unregistered: fail)")

@@ -1,0 +1,172 @@
+"""The analysis on synthetic run directories with known values: Table 1 means and standard deviations,
+rliable IQM, missing/unfinished/short runs reported by name, the report and the marl-eval export."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("marie_workflow_plan_analysis_test", ROOT / "workflows" / "plan.py")
+WP = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = WP
+spec.loader.exec_module(WP)
+
+from analysis import stats  # noqa: E402
+from analysis.items import Settings  # noqa: E402
+from analysis.load import collect  # noqa: E402
+from analysis.report import build_report  # noqa: E402
+from analysis.tables import final_scores, summarize  # noqa: E402
+
+REGISTERED = {"marie": "x:X", "qmix": "x:X", "random": "x:X"}
+SEEDS = [0, 1, 2, 3]
+# final win rates per (map, variant) and seed
+FINAL = {
+    ("3m", "MARIE"): [1.0, 0.9, 0.8, 0.7],
+    ("3m", "QMIX"): [0.5, 0.25, 0.25, 0.0],
+    ("8m", "MARIE"): [0.6, 0.6, 0.4, 0.4],
+    ("8m", "QMIX"): [0.1, 0.2, 0.3, 0.4],
+    ("3m", "Random"): [0.0, 0.0, 0.0, 0.0],
+    ("8m", "Random"): [0.0, 0.0, 0.0, 0.0],
+    ("3m", "QMIX-eps10k"): [0.2, 0.4, 0.6, 0.8],
+}
+BUDGET = 1000
+
+
+def make_plan(root: Path) -> dict:
+    cfg = {"backend": "smax", "results": str(root), "seeds": SEEDS, "preset": "smoke",
+           "eval": {"interval": 500, "episodes": 4},
+           "maps": {"3m": {"difficulty": "Easy", "budget": BUDGET}, "8m": {"difficulty": "Easy", "budget": BUDGET},
+                    "MMM": {"difficulty": "Easy", "budget": BUDGET}},
+           "methods": {"MARIE": {"algo": "marie"}, "QMIX": {"algo": "qmix"}, "Random": {"algo": "random"},
+                       "MAMBA": {"algo": "mamba"}},
+           "experiments": {"smac": {"env": "{backend}", "maps": ["3m", "8m", "MMM"],
+                                    "methods": ["MARIE", "QMIX", "Random", "MAMBA"]},
+                           "epsilon": {"env": "{backend}", "maps": ["3m"],
+                                       "variants": {"QMIX-eps10k": {"method": "QMIX", "label": "10000",
+                                                                    "set": {"params.epsilon_anneal_time": 10000}}}}},
+           "analysis": {"bootstrap_reps": 50}}
+    return WP.build_plan(cfg, registered=REGISTERED, check=False).to_json()
+
+
+def write_run(rundir: Path, finals: float, status: str = "completed", last_steps: int = BUDGET, seed: int = 0):
+    rundir.mkdir(parents=True, exist_ok=True)
+    steps = [s for s in (0, 500, 1000) if s <= last_steps]
+    rows = ["env_steps,win_rate,return_mean,return_std,episodes,length_mean,wall_s"]
+    for i, s in enumerate(steps):
+        w = finals * s / BUDGET
+        rows.append(f"{s},{w},{2 * w},0.1,4,20,{10.0 * (i + 1)}")
+    (rundir / "eval.csv").write_text("\n".join(rows) + "\n")
+    meta = {"status": status, "env_steps": last_steps, "suite_commit": "abc123", "backend_version": "jaxmarl 0.2.0",
+            "versions": {"torch": "2.13.0"}, "device": "cpu", "host": "test", "algo": "x", "preset": "smoke",
+            "wall_s": 30.0, "message": "boom" if status == "failed" else ""}
+    (rundir / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analysis")
+    plan = make_plan(root / "results")
+    for (m, variant), finals in FINAL.items():
+        for seed, f in zip(SEEDS, finals):
+            if (m, variant, seed) == ("8m", "Random", 3):
+                continue  # a missing run
+            rundir = Path(plan["root"]) / "runs" / "smax" / m / variant / f"seed{seed}"
+            write_run(rundir, f, seed=seed)
+    # an unfinished run and a short one replace two QMIX-eps10k seeds
+    write_run(Path(plan["root"]) / "runs/smax/3m/QMIX-eps10k/seed2", 0.6, status="running", last_steps=500)
+    write_run(Path(plan["root"]) / "runs/smax/3m/QMIX-eps10k/seed3", 0.8, status="completed", last_steps=500)
+    return plan
+
+
+def test_plan_has_the_expected_runs(synthetic):
+    keys = {r["key"] for r in synthetic["runs"]}
+    assert len(keys) == 2 * 3 * 4 + 4  # 2 available maps x 3 registered methods x 4 seeds + eps10k on 3m
+    assert {s["key"] for s in synthetic["skipped"]} >= {"smax/MMM/MARIE/seed0", "smax/3m/MAMBA/seed0"}
+
+
+def test_table_means_and_stds_are_the_known_values(synthetic):
+    coll = collect(synthetic)
+    scores = final_scores(coll.experiment("smac"))
+    summary = summarize(scores, ["map", "variant"], scale=100).set_index(["map", "variant"])
+    for (m, v), finals in FINAL.items():
+        if v == "QMIX-eps10k":
+            continue
+        vals = np.array(finals[:3] if (m, v) == ("8m", "Random") else finals)
+        assert summary.loc[(m, v), "mean"] == pytest.approx(100 * vals.mean())
+        assert summary.loc[(m, v), "std"] == pytest.approx(100 * vals.std())
+    assert summary.loc[("3m", "MARIE"), "mean"] == pytest.approx(85.0)
+    assert summary.loc[("3m", "MARIE"), "std"] == pytest.approx(11.180339887)
+    assert summary.loc[("8m", "Random"), "n"] == 3
+
+
+def test_iqm_and_aggregates(synthetic):
+    coll = collect(synthetic)
+    scores = final_scores(coll.experiment("smac")).assign(column=lambda d: d["method"])
+    mats, tasks, notes = stats.score_matrices(scores, columns=["MARIE", "QMIX", "Random"])
+    assert tasks == ["3m", "8m"]
+    assert mats["MARIE"].shape == (4, 2)
+    assert mats["Random"].shape == (3, 2) and any("Random" in n and "3" in n for n in notes)
+    # IQM of MARIE's 8 scores {1, .9, .8, .7, .6, .6, .4, .4}: mean of the middle four (.8, .7, .6, .6)
+    assert stats.iqm(mats["MARIE"]) == pytest.approx(0.675)
+    agg = stats.aggregate_intervals(mats, reps=50).set_index(["method", "aggregate"])
+    assert agg.loc[("MARIE", "IQM"), "estimate"] == pytest.approx(0.675)
+    assert agg.loc[("MARIE", "Mean"), "estimate"] == pytest.approx(np.mean(FINAL[("3m", "MARIE")] + FINAL[("8m", "MARIE")]))
+    assert agg.loc[("QMIX", "Median"), "estimate"] == pytest.approx(np.median([0.25, 0.25]))
+    lo, hi = agg.loc[("MARIE", "IQM"), ["lower", "upper"]]
+    assert lo <= 0.675 <= hi
+    poi = stats.improvement(mats, "MARIE", reps=50).set_index("baseline")
+    assert poi.loc["Random", "probability"] == pytest.approx(1.0)
+    # 3m: MARIE beats QMIX in all 16 pairs; 8m: 15 of 16 (0.4 vs 0.4 ties count half: 8 + 4 x 1.75)
+    assert poi.loc["QMIX", "probability"] == pytest.approx((1.0 + 15 / 16) / 2)
+
+
+def test_missing_unfinished_and_short_runs_are_reported_by_name(synthetic):
+    coll = collect(synthetic)
+    probs = {(p.key, p.kind) for p in coll.problems.itertuples()}
+    assert ("smax/8m/Random/seed3", "missing") in probs
+    assert ("smax/3m/QMIX-eps10k/seed2", "running") in probs
+    assert ("smax/3m/QMIX-eps10k/seed3", "short") in probs
+    assert ("smax/MMM/MARIE/seed0", "unavailable") in probs
+    assert ("smax/3m/MAMBA/seed1", "unregistered") in probs
+    complete = set(coll.runs.loc[coll.runs["complete"], "key"])
+    assert "smax/3m/QMIX-eps10k/seed3" not in complete and "smax/3m/QMIX-eps10k/seed0" in complete
+
+
+def test_report_builds_with_tables_figures_and_missing_runs(synthetic, tmp_path):
+    res = build_report(synthetic, tmp_path / "report", settings=Settings(reps=50, points=10, formats=("png",)))
+    items = {it.name: it for it in res["items"]}
+    assert items["table1"].status == "ok" and items["fig3"].status == "ok" and items["fig13"].status == "ok"
+    assert items["fig14"].status == "ok" and items["table11"].status == "ok"
+    assert items["fig7"].status in ("unavailable", "not-in-plan")
+    t1 = pd.read_csv(tmp_path / "report/items/table1/table1.csv")
+    ours = t1[(t1["source"] == "ours") & (t1["map"] == "3m") & (t1["column"] == "MARIE")].iloc[0]
+    assert ours["mean"] == pytest.approx(85.0) and ours["std"] == pytest.approx(11.18, abs=0.01)
+    paper = t1[(t1["source"] == "paper") & (t1["map"] == "3m") & (t1["column"] == "MARIE")].iloc[0]
+    assert paper["mean"] == pytest.approx(99.5)
+    md = (tmp_path / "report/items/table1/table1.md").read_text()
+    assert "85.0 (11.2)" in md and "99.5 (0.4)" in md and "MMM" in md
+    assert r"\begin{tabular}" in (tmp_path / "report/items/table1/table1.tex").read_text()
+    t11 = (tmp_path / "report/items/table11/table11.md").read_text()
+    assert "QMIX (t_eps=10000) (ours)" in t11 and "[n=2]" in t11  # two eps10k seeds are not complete
+    page = (tmp_path / "report/index.md").read_text()
+    for name in ("smax/8m/Random/seed3", "smax/3m/QMIX-eps10k/seed2", "smax/MMM/MARIE/seed0", "MAMBA (algo `mamba`)"):
+        assert name in page
+    assert "items/fig3/fig3.png" in page and (tmp_path / "report/items/fig3/fig3.png").exists()
+    html = (tmp_path / "report/index.html").read_text()
+    assert "<table>" in html and "fig13.png" in html and "abc123" in html
+
+
+def test_marl_eval_export_layout(synthetic, tmp_path):
+    from analysis.export import marl_eval_json
+    data, notes = marl_eval_json(collect(synthetic).experiment("smac"))
+    run = data["smax"]["3m"]["MARIE"]["seed_0"]
+    assert run["step_0"] == {"step_count": 0, "win_rate": [0.0], "return": [0.0]}
+    assert run["step_2"]["step_count"] == BUDGET and run["absolute_metrics"]["win_rate"] == [1.0]
+    assert "seed_3" not in data["smax"]["8m"]["Random"]  # the missing run is not exported
+    json.dumps(data)
