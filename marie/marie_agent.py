@@ -126,7 +126,8 @@ class MARIEAgent(Algorithm):
                 "last": torch.full((num_envs, self.N, self.m), -1, dtype=torch.long, device=self.device)}
 
     def _tensor(self, x, dtype=None):
-        return torch.as_tensor(np.asarray(x), device=self.device, dtype=dtype or self.dtype)
+        x = np.asarray(x)
+        return torch.as_tensor(x if x.flags.writeable else x.copy(), device=self.device, dtype=dtype or self.dtype)
 
     @torch.no_grad()
     def act(self, ts, carry, training):

@@ -1,0 +1,212 @@
+"""MARIE components: shapes, KV-cached decoding equals full recomputation, causal masking, masking of
+unavailable actions, λ-returns and the PPO loss against hand-computed values."""
+import numpy as np
+import pytest
+import torch
+
+from marie.imagination import imagine
+from marie.models.actor_critic import Actor, Critic, log_prob_entropy, policy_input, sample_actions
+from marie.models.perceiver import Perceiver
+from marie.models.tokenizer import BinsTokenizer, VQTokenizer
+from marie.models.world_model import WorldModel
+from marie.returns import lambda_returns, ppo_clip_loss
+
+N, O, A, K, V, H = 3, 11, 5, 4, 16, 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread avoids OpenMP contention on a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def wm_cfg(**over):
+    cfg = {"embed_dim": 32, "layers": 2, "heads": 2, "embed_dropout": 0.1, "attn_dropout": 0.1,
+           "resid_dropout": 0.1, "aggregation": "perceiver", "centralized": False,
+           "perceiver": {"latent_dim": 32, "cross_heads": 2, "layers": 1, "heads": 2, "dim_head": 16,
+                         "embed_dropout": 0.1, "attn_dropout": 0.1, "resid_dropout": 0.1}}
+    cfg.update(over)
+    return cfg
+
+
+def make_wm(m=1, act_vocab=A, **over):
+    torch.manual_seed(0)
+    return WorldModel(N, V, K, act_vocab, m, A, H, wm_cfg(**over))
+
+
+def random_batch(B=2, L=H, m=1, act_vocab=A):
+    g = torch.Generator().manual_seed(1)
+    return {"obs_tokens": torch.randint(V, (B, L + 1, N, K), generator=g),
+            "actions": torch.randint(act_vocab, (B, L, N, m), generator=g),
+            "reward": torch.rand(B, L, generator=g), "cont": torch.full((B, L, N), 0.99),
+            "next_avail": (torch.rand(B, L, N, A, generator=g) > 0.5).float(),
+            "step_mask": torch.ones(B, L), "obs_mask": torch.ones(B, L + 1)}
+
+
+WEIGHTS = {"obs": 1.0, "reward": 1.0, "discount": 1.0, "avail": 1.0}
+VARIANTS = [dict(), dict(aggregation="none"), dict(centralized=True)]
+
+
+def test_tokenizer_shapes_and_straight_through():
+    tk = VQTokenizer(O, 32, 3, V, K, 8, beta=10.0, ema_decay=0.9)
+    obs = torch.randn(5, N, O)
+    tokens = tk.encode(obs)
+    assert tokens.shape == (5, N, K) and tokens.dtype == torch.long and 0 <= tokens.min() and tokens.max() < V
+    assert tk.decode(tokens).shape == (5, N, O)
+    loss, m = tk.loss(obs)
+    loss.backward()
+    assert tk.encoder[0].weight.grad is not None and tk.encoder[0].weight.grad.abs().sum() > 0  # straight-through
+    assert {"tokenizer_recon_loss", "tokenizer_commit_loss"} <= set(m)
+    bins = BinsTokenizer(O, 8, -1.0, 1.0)
+    x = torch.tensor([[-1.0, -0.74, 0.0, 0.99, 5.0] + [0.0] * (O - 5)])
+    assert bins.encode(x)[0, :5].tolist() == [0, 1, 4, 7, 7]
+    assert torch.allclose(bins.decode(torch.tensor([0, 7])), torch.tensor([-0.875, 0.875]))
+
+
+def test_perceiver_shapes_one_feature_per_agent():
+    p = Perceiver(32, N * (K + 1), N, 16, 32, 2, 2, 2, 8, 0.0, 0.0, 0.0)
+    assert p(torch.randn(7, N * (K + 1), 32)).shape == (7, N, 32)
+
+
+@pytest.mark.parametrize("over", VARIANTS)
+def test_world_model_shapes_and_loss(over):
+    wm = make_wm(**over)
+    batch = random_batch()
+    loss, m = wm.loss(batch, WEIGHTS)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert {"wm_obs_loss", "wm_reward_loss", "wm_discount_loss", "wm_avail_loss"} <= set(m)
+    S = 1 if over.get("centralized") else N
+    assert wm.tps == (N * K + N if over.get("centralized") else K + 1 + (over.get("aggregation") != "none"))
+    out = wm.forward_sequence(batch["obs_tokens"], batch["actions"])
+    assert out["last"].shape == (2 * S, H, 32) and out["obs"].shape == (2 * S, H + 1, wm.Ko - 1, 32)
+
+
+def _teacher_forced_decode(wm, obs_tokens, actions):
+    """Logits and heads through the KV cache, feeding the given tokens step by step."""
+    B = obs_tokens.shape[0]
+    cache = wm.new_cache(B)
+    wm.start(obs_tokens[:, 0], cache)
+    firsts, rests, rewards = [], [], []
+    for t in range(actions.shape[1]):
+        out = wm.step(obs_tokens[:, t], actions[:, t], cache)
+        firsts.append(out["logits"]), rewards.append(out["reward"])
+        nxt = wm.to_streams(obs_tokens[:, t + 1: t + 2])[:, 0]  # [BS, Ko]
+        rests.append(torch.stack([wm.next_token(nxt[:, k], cache) for k in range(wm.Ko - 1)], 1))
+    return torch.stack(firsts, 1), torch.stack(rests, 1), torch.stack(rewards, 1)
+
+
+@pytest.mark.parametrize("over", VARIANTS)
+def test_kv_cached_decoding_equals_full_recomputation(over):
+    wm = make_wm(**over).eval()
+    batch = random_batch()
+    with torch.no_grad():
+        first, rest, reward = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])
+        full = wm.forward_sequence(batch["obs_tokens"], batch["actions"])
+        full_first = wm.obs_head(full["last"])
+        full_rest = wm.obs_head(full["obs"][:, 1:])
+        full_reward = wm.from_streams(wm.reward_head(full["last"]), 2)[..., 0]
+    assert torch.allclose(first, full_first, atol=1e-5)
+    assert torch.allclose(rest, full_rest, atol=1e-5)
+    assert torch.allclose(reward, full_reward, atol=1e-5)
+
+
+def test_causal_masking_no_information_from_the_future():
+    wm = make_wm().eval()
+    batch = random_batch()
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["obs_tokens"][:, 2] = (changed["obs_tokens"][:, 2] + 1) % V   # observation of step 2
+    changed["actions"][:, 2] = (changed["actions"][:, 2] + 1) % A
+    with torch.no_grad():
+        a = wm.forward_sequence(batch["obs_tokens"], batch["actions"])
+        b = wm.forward_sequence(changed["obs_tokens"], changed["actions"])
+    assert torch.allclose(a["last"][:, :2], b["last"][:, :2], atol=1e-6)      # steps 0 and 1 unaffected
+    assert torch.allclose(a["obs"][:, :2], b["obs"][:, :2], atol=1e-6)
+    assert not torch.allclose(a["last"][:, 2], b["last"][:, 2])               # step 2 sees its own tokens
+
+
+def test_unavailable_actions_are_never_sampled():
+    torch.manual_seed(0)
+    actor = Actor(O, 16, 3, 1, A)
+    avail = torch.rand(2000, N, A) > 0.6
+    avail[..., 3] |= ~avail.any(-1)
+    logits = actor(torch.randn(2000, N, O) * 5, avail)
+    for greedy in (False, True):
+        a = sample_actions(logits, greedy)[..., 0]
+        assert avail.gather(-1, a.unsqueeze(-1)).all()
+    logp, ent = log_prob_entropy(logits, sample_actions(logits))
+    assert torch.isfinite(logp).all() and torch.isfinite(ent).all()
+    # entropy counts only available actions: at most log(#available)
+    assert (ent <= torch.log(avail.sum(-1).float()) + 1e-4).all()
+
+
+def test_critic_sees_every_agent():
+    torch.manual_seed(0)
+    critic = Critic(O, 16, 3, 2)
+    x = torch.randn(4, N, O)
+    v = critic(x)
+    assert v.shape == (4, N)
+    y = x.clone()
+    y[:, 2] += 1.0  # change agent 2's observation only
+    assert not torch.allclose(critic(y)[:, 0], v[:, 0])  # agent 0's value changes
+
+
+def test_policy_input_stack_last_action_agent_id():
+    stack = torch.randn(2, N, 5, O)
+    last = torch.zeros(2, N, A)
+    x = policy_input(stack, last, agent_id=True)
+    assert x.shape == (2, N, 5 * O + A + N)
+    assert torch.equal(x[0, :, -N:], torch.eye(N))
+
+
+def test_imagination_shapes_and_masks():
+    wm = make_wm().eval()
+    tk = VQTokenizer(O, 32, 3, V, K, 8, 10.0, 0.9).eval()
+    actor = Actor(2 * O, 16, 3, 1, A)
+    avail = torch.zeros(6, N, A, dtype=torch.bool)
+    avail[..., 1] = True
+    start = {"obs": torch.randn(6, N, O), "stack": torch.zeros(6, N, 1, O),
+             "last": torch.full((6, N, 1), -1), "avail": avail}
+    cfg = {"stack": 2, "agent_id": False, "last_action": False}
+    traj = imagine(tk, wm, actor, start, H, cfg, A, chunk=4)                   # 2 chunks: 4 + 2
+    assert traj["feats"].shape == (H + 1, 6, N, 2 * O) and traj["actions"].shape == (H, 6, N, 1)
+    assert traj["reward"].shape == traj["discount"].shape == traj["logp"].shape == (H, 6, N)
+    assert (traj["actions"][0] == 1).all()                                     # the start mask is respected
+    assert traj["avail"].any(-1).all()                                         # predicted masks never empty
+    assert ((traj["discount"] >= 0) & (traj["discount"] <= 1)).all()
+    picked = traj["avail"].gather(-1, traj["actions"])
+    assert picked.all()
+
+
+def test_lambda_returns_hand_computed():
+    r = torch.tensor([1.0, 2.0, 3.0])
+    g = torch.tensor([0.9, 0.5, 0.0])
+    v = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    lam = 0.5
+    R2 = 3.0 + 0.0 * (0.5 * 40.0 + 0.5 * 40.0)          # = 3
+    R1 = 2.0 + 0.5 * (0.5 * 30.0 + 0.5 * R2)              # = 2 + 0.5 * 16.5 = 10.25
+    R0 = 1.0 + 0.9 * (0.5 * 20.0 + 0.5 * R1)              # = 1 + 0.9 * 15.125 = 14.6125
+    out = lambda_returns(r, g, v, lam)
+    assert torch.allclose(out, torch.tensor([R0, R1, R2]))
+    # λ = 1: discounted Monte-Carlo return bootstrapped at the end; λ = 0: one-step TD targets
+    assert torch.allclose(lambda_returns(r, torch.ones(3), v, 1.0), torch.tensor([46.0, 45.0, 43.0]))
+    assert torch.allclose(lambda_returns(r, torch.ones(3), v, 0.0), torch.tensor([21.0, 32.0, 43.0]))
+
+
+def test_ppo_clip_loss_toy_batch():
+    old = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
+    new = torch.log(torch.tensor([0.8, 0.2, 0.55, 0.45]))   # ratios 1.6, 0.4, 1.1, 0.9
+    adv = torch.tensor([1.0, -1.0, 2.0, -2.0])
+    ent = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    loss, m = ppo_clip_loss(new, old, adv, ent, clip=0.2, entropy_coef=0.1)
+    # min(ρA, clip(ρ)A): 1.2*1, min(-0.4, -0.8) = -0.8, 1.1*2 = 2.2, min(-1.8, -1.8) = -1.8
+    expected = -(torch.tensor([1.2, -0.8, 2.2, -1.8]) + 0.1 * 0.5).mean()
+    assert torch.allclose(loss, expected)
+    assert m["clip_fraction"] == pytest.approx(0.5)
+    # the gradient vanishes where the clipped branch is taken
+    new = new.clone().requires_grad_(True)
+    ppo_clip_loss(new, old, adv, torch.zeros(4), 0.2, 0.0)[0].backward()
+    assert new.grad[0] == 0 and new.grad[1] == 0 and new.grad[2] != 0 and new.grad[3] != 0

@@ -1,0 +1,158 @@
+"""MARIE learning on fixed data (tokenizer, world model), the replay buffer's segment masks, the smoke
+preset end to end through the CLI, resume equal to an uninterrupted run, and config errors."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from marie.algorithm import masked_uniform_actions
+from marie.cli import main
+from marie.config import resolve_config
+from marie.envs.base import EnvInfo
+from marie.errors import UserError
+from marie.marie_agent import MARIEAgent
+from marie.replay import ReplayBuffer
+from marie.runtime import Runner, prepare
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def smoke_config(**params):
+    cfg = resolve_config(algo="marie", preset_file=MARIEAgent.preset_file, preset="smoke", env="smax", map_name="3m",
+                         seed=0, steps=100)
+    for path, value in params.items():
+        node = cfg["params"]
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def smax_agent(smax_3m):
+    """A smoke-sized agent whose buffer holds 600 random-policy transitions of SMAX 3m (fixed data)."""
+    cfg = smoke_config(**{"training.buffer_size": 4000, "horizon": 4})
+    torch.manual_seed(0)
+    agent = MARIEAgent(smax_3m.info, cfg["params"], cfg["run"], torch.device("cpu"), 0)
+    rng = np.random.default_rng(0)
+    ts = smax_3m.reset(seed=0)
+    for _ in range(150):
+        actions = masked_uniform_actions(ts.avail, rng)
+        nxt = smax_3m.step(actions)
+        agent.observe(ts, actions, nxt)
+        ts = nxt
+    return agent
+
+
+def test_replay_segment_masks():
+    buf = ReplayBuffer(20, 1, {"x": ((), np.int64), "first": ((), bool), "end": ((), bool)})
+    ends = {2, 6}
+    for t in range(10):
+        buf.add(x=np.array([t]), first=np.array([t == 0 or t - 1 in ends]), end=np.array([t in ends]))
+    torch.manual_seed(0)
+    seg = buf.sample_segments(200, 3, history=2)
+    for x, mask in zip(seg["x"], seg["mask"]):
+        s = x[2]
+        episode = 0 if s <= 2 else (1 if s <= 6 else 2)
+        ep_of = lambda t: 0 if t <= 2 else (1 if t <= 6 else 2)  # noqa: E731
+        for j, t in enumerate(range(s - 2, s + 3)):
+            expect = 0 <= t < 10 and ep_of(t) == episode  # stored and in the start's episode
+            assert mask[j] == expect, (s, j, t)
+
+
+def test_tokenizer_reconstruction_error_falls(smax_agent):
+    agent = smax_agent
+    obs = torch.as_tensor(agent.replay.data["obs"][:150].reshape(-1, agent.O))
+    with torch.no_grad():
+        before = (agent.tokenizer.reconstruct(obs) - obs).pow(2).mean().item()
+    agent.train_tokenizer(150)
+    with torch.no_grad():
+        after = (agent.tokenizer.reconstruct(obs) - obs).pow(2).mean().item()
+    assert after < 0.7 * before
+
+
+def test_world_model_loss_falls_on_fixed_smax_data(smax_agent):
+    agent = smax_agent
+    agent.train_tokenizer(50)
+    torch.manual_seed(1)
+    fixed = agent.world_model_batch(16)
+    weights = agent.params["world_model"]["loss_weights"]
+    agent.world_model.eval()
+    with torch.no_grad():
+        before = agent.world_model.loss(fixed, weights)[1]
+    for _ in range(60):
+        agent.world_model.train()
+        loss, _ = agent.world_model.loss(fixed, weights)
+        agent.wm_opt.zero_grad()
+        loss.backward()
+        agent.wm_opt.step()
+    agent.world_model.eval()
+    with torch.no_grad():
+        after = agent.world_model.loss(fixed, weights)[1]
+    assert after["wm_loss"] < 0.7 * before["wm_loss"]
+    assert after["wm_obs_loss"] < before["wm_obs_loss"] and after["wm_avail_loss"] < before["wm_avail_loss"]
+
+
+def test_imagination_round_trains_the_policy(smax_agent):
+    metrics = smax_agent.train_behaviour(1)
+    assert np.isfinite([metrics["actor_loss"], metrics["critic_loss"]]).all()
+    assert 0.0 <= metrics["imag_discount"] <= 1.0
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_smoke_cli_end_to_end_and_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+    straight = tmp_path / "straight"
+    assert main(["run", "--algo", "marie", "--env", "smax", "--map", "3m", "--seed", "3", "--steps", "600",
+                 "--preset", "smoke", "--out", str(straight)]) == 0
+    ev = pd.read_csv(straight / "eval.csv")
+    assert list(ev["env_steps"]) == [0, 200, 400, 600]
+    train = pd.read_csv(straight / "train.csv")
+    assert len(train) >= 4 and {"wm_loss", "tokenizer_loss", "actor_loss", "critic_loss"} <= set(train.columns)
+    assert np.isfinite(train["wm_loss"]).all()
+
+    args = dict(algo="marie", env="smax", map_name="3m", seed=3, steps=600, preset="smoke")
+    resumed = tmp_path / "resumed"
+    original = Runner._checkpoint
+    calls = {"n": 0}
+
+    def checkpoint_then_die(self):
+        original(self)
+        calls["n"] += 1
+        if calls["n"] == 3:  # at 400 env steps: trained, buffer filled, episodes in progress
+            raise Interrupt()
+    monkeypatch.setattr(Runner, "_checkpoint", checkpoint_then_die)
+    with pytest.raises(Interrupt):
+        Runner(*prepare(**args, out=resumed)).train()
+    monkeypatch.setattr(Runner, "_checkpoint", original)
+    meta = Runner(*prepare(**args, out=resumed)).train()
+    assert meta["status"] == "completed" and meta["resume_count"] == 1
+    for name in ("eval.csv", "train.csv"):
+        a, b = pd.read_csv(straight / name), pd.read_csv(resumed / name)
+        pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
+    assert json.loads((resumed / "meta.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("params.tokenizer.kind=lstm", "tokenizer.kind"),
+    ("params.horizon=0", "horizon"),
+    ("params.world_model.heads=3", "divisible"),
+    ("params.world_model.aggregation=mean", "aggregation"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, override, words):
+    config, rundir = prepare(algo="marie", env="smax", map_name="3m", seed=0, steps=1000, preset="smoke",
+                             overrides=[override], out=tmp_path / "bad")
+    info = EnvInfo(3, 75, 36, 8, 100, "smax", "x", "3m")
+    with pytest.raises(UserError, match=words):  # raised before any model is built
+        MARIEAgent(info, config["params"], config["run"], torch.device("cpu"), 0)
