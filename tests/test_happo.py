@@ -11,6 +11,7 @@ from baselines.happo import compound_factor
 from marie.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_mappo import check_resume  # noqa: E402
 from test_onpolicy_common import E, N, discrete_info, fake_ts, make  # noqa: E402
 
 
@@ -71,3 +72,9 @@ def test_smoke_run_through_the_cli(tmp_path):
     train = pd.read_csv(out / "train.csv")
     assert len(train) == 5 and train["value_loss"].notna().all() and train["factor_mean"].notna().all()
     assert pd.read_csv(out / "eval.csv")["win_rate"].between(0, 1).all()
+
+
+def test_resume_mid_rollout_equals_uninterrupted(tmp_path, monkeypatch):
+    """As for MAPPO: per-agent actors and optimisers, storage and ValueNorm all come back from the checkpoint."""
+    check_resume(tmp_path, monkeypatch, ["run", "--algo", "happo", "--env", "smax", "--map", "3m", "--seed", "2",
+                                         "--preset", "smoke", "--set", "run.progress=never"])

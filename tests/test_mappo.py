@@ -36,9 +36,13 @@ class Interrupt(Exception):
 def test_resume_mid_rollout_equals_uninterrupted(tmp_path, monkeypatch):
     """Killed right after the checkpoint at 200 env steps (half-way through a rollout: 200 = 2.5 x 80), resumed
     with the same command: eval.csv and train.csv equal those of an uninterrupted run (wall time aside)."""
+    check_resume(tmp_path, monkeypatch, ARGS)
+
+
+def check_resume(tmp_path, monkeypatch, args):
     steps = ["--steps", "600"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert main([*ARGS, *steps, "--out", str(straight)]) == 0
+    assert main([*args, *steps, "--out", str(straight)]) == 0
 
     original = Runner._checkpoint
 
@@ -48,9 +52,9 @@ def test_resume_mid_rollout_equals_uninterrupted(tmp_path, monkeypatch):
             raise Interrupt()
     monkeypatch.setattr(Runner, "_checkpoint", checkpoint_then_die)
     with pytest.raises(Interrupt):
-        main([*ARGS, *steps, "--out", str(resumed)])
+        main([*args, *steps, "--out", str(resumed)])
     monkeypatch.setattr(Runner, "_checkpoint", original)
-    assert main([*ARGS, *steps, "--out", str(resumed)]) == 0
+    assert main([*args, *steps, "--out", str(resumed)]) == 0
     assert json.loads((resumed / "meta.json").read_text())["resume_count"] == 1
     for name in ("eval.csv", "train.csv"):
         a, b = read(straight, name), read(resumed, name)
