@@ -64,15 +64,18 @@ def categorical_kl(logp_p: torch.Tensor, logp_q: torch.Tensor) -> torch.Tensor:
 
 
 def kl_balance(post_logp: torch.Tensor, prior_logp: torch.Tensor, prior_weight: float, post_weight: float,
-               free: float = 0.0) -> torch.Tensor:
-    """DreamerV2's balanced KL, per element of the leading dims (summed over the categoricals):
+               free: float = 0.0, reduce: str = "sum") -> torch.Tensor:
+    """DreamerV2's balanced KL, per element of the leading dims (summed, or averaged with reduce="mean"
+    as MAMBA's code does, over the categoricals):
 
         prior_weight * KL(sg(post) || prior)  +  post_weight * KL(post || sg(prior))
 
     The first term trains the prior through the cross-entropy (Table 6: 0.8), the second regularises
     the posterior (its entropy weight, 0.2). `free` nats are granted per element (0 = off)."""
-    lhs = categorical_kl(post_logp.detach(), prior_logp).sum(-1)
-    rhs = categorical_kl(post_logp, prior_logp.detach()).sum(-1)
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"kl reduce must be sum or mean, got {reduce!r}")
+    lhs = getattr(categorical_kl(post_logp.detach(), prior_logp), reduce)(-1)
+    rhs = getattr(categorical_kl(post_logp, prior_logp.detach()), reduce)(-1)
     if free > 0:
         lhs, rhs = lhs.clamp(min=free), rhs.clamp(min=free)
     return prior_weight * lhs + post_weight * rhs
@@ -163,7 +166,8 @@ class WorldModel(nn.Module):
         dt = feat.dtype
         alive = batch["alive"].to(dt)                                           # [B, L, N]
         has_prev = (~first).to(dt)[..., None].expand_as(alive)                  # a transition led into t
-        kl = kl_balance(post, prior, float(p["kl_prior_weight"]), float(p["kl_post_weight"]), float(p["kl_free"]))
+        kl = kl_balance(post, prior, float(p["kl_prior_weight"]), float(p["kl_post_weight"]), float(p["kl_free"]),
+                        str(p["kl_reduce"]))
         kl = kl.mean()
         rec = F.smooth_l1_loss(self.decoder(feat).float(), obs.float(), reduction="none").sum(-1)
         rec = (rec * alive).sum() / alive.sum().clamp(min=1)
