@@ -78,10 +78,10 @@ def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings
     builder(item, spec, coll, out / name, settings)
     for e in exps:
         if e in coll.plan.get("experiments", {}):
-            sub = coll.experiment(e)
-            n_missing = len(sub.problems)
-            if n_missing:
-                item.notes.append(f"{e}: {n_missing} planned run(s) missing or incomplete (listed under Missing runs)")
+            kinds = coll.experiment(e).problems["kind"].value_counts()
+            if len(kinds):
+                item.notes.append(f"{e}: runs not complete (each listed under Missing runs): "
+                                  + ", ".join(f"{n} {k}" for k, n in kinds.items()))
     return item
 
 
@@ -98,6 +98,9 @@ def _table(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> 
             sc = final_scores(coll.experiment(c["experiment"]))
             sc = sc[sc["variant"] == c["variant"]].assign(column=c["label"])
             parts.append(sc)
+            if c.get("param") and len(sc):
+                values = sorted({str(_config_value(coll, k, c["param"])) for k in sc["key"]})
+                item.notes.append(f"{c['label']} (ours): {c['param']} = {', '.join(values)} in these runs")
             labels.append(c["label"])
             if c.get("reference"):
                 ref = paper_figures.reference(c["reference"]["file"])
@@ -144,14 +147,27 @@ def _table(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> 
                       f"(std with ddof={s.ddof}); [n=k] marks cells with fewer seeds than planned; – = no data")
 
 
+def _config_value(coll: Collection, key: str, dotted: str):
+    """A value of a run's resolved config.yaml (e.g. params.epsilon_anneal_time); None if absent."""
+    import yaml
+    rundir = coll.runs.loc[coll.runs["key"] == key, "rundir"].iloc[0]
+    try:
+        with open(Path(rundir) / "config.yaml") as f:
+            node = yaml.safe_load(f)
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+    except (OSError, KeyError, TypeError):
+        return None
+
+
 def _row_info(coll: Collection, rows: list[str], maps: list[str], scores: pd.DataFrame,
               reference: pd.DataFrame | None) -> pd.DataFrame:
     maps = list(dict.fromkeys(maps))
-    budget = {r["map"]: r["steps"] for r in coll.plan["runs"]}
-    budget.update({m: budget.get(m) for m in maps})
-    difficulty = {r["map"]: r.get("difficulty", "") for r in coll.plan["runs"]}
-    for s_ in coll.plan.get("skipped", []):
-        difficulty.setdefault(s_["map"], "")
+    budget, difficulty = {}, {}
+    for r in list(coll.plan.get("skipped", [])) + list(coll.plan["runs"]):  # planned runs win
+        budget[r["map"]] = r.get("steps", budget.get(r["map"]))
+        difficulty[r["map"]] = r.get("difficulty", difficulty.get(r["map"], ""))
     if rows == ["map"]:
         return pd.DataFrame({"map": maps, "difficulty": [difficulty.get(m, "") for m in maps],
                              "steps": [budget.get(m) if budget.get(m) is not None else "" for m in maps]})

@@ -292,7 +292,7 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
                               algo=mcfg["algo"], preset=preset, steps=budget, overrides=overrides,
                               difficulty=difficulty, root=root, threads=threads, resources=res)
                     info = {"key": key, "experiment": exp_name, "method": method, "variant": vname,
-                            "map": map_name, "seed": seed, "env": env}
+                            "map": map_name, "seed": seed, "env": env, "steps": budget, "difficulty": difficulty}
                     if support["status"] == "unavailable":
                         reason = f"map '{map_name}' is unavailable on {env}: {support.get('note', '')}"
                         if cfg.get("on_unavailable", "skip") == "fail":
@@ -349,19 +349,21 @@ def _module_exists(module: str) -> bool:
         return False
 
 
-def summary(plan: Plan) -> list[str]:
-    """Human-readable lines: how many runs are planned and which are skipped, grouped by reason."""
+def summary(plan: Plan, limit: int = 6) -> list[str]:
+    """Human-readable lines: how many runs are planned and which are skipped, grouped by reason
+    (the report lists every skipped run by name)."""
     lines = [f"workflow ({plan.name}): {len(plan.runs)} runs planned under {plan.root}/runs on backend {plan.backend}"]
     groups: dict[str, list[str]] = {}
     for s in plan.skipped:
         groups.setdefault(s["reason"], []).append(f"{s['experiment']}:{s['key']}")
     for reason, keys in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         names = sorted({k.split(":", 1)[1].rsplit("/seed", 1)[0] for k in keys})
-        lines.append(f"  skipped {len(keys)} runs ({reason}): {', '.join(names)}")
+        shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+        lines.append(f"  skipped {len(keys)} runs ({reason}): {shown}")
     for name, ma in plan.model_analysis.items():
         if not ma["available"]:
-            lines.append(f"  model_analysis.{name}: not available yet (module {ma['module']} does not exist); "
-                         f"Fig. 7-9 need {ma['file']} in the runs' analysis/ folders")
+            lines.append(f"  model_analysis.{name}: not available yet (module {ma['module']} does not exist), "
+                         f"so its figures need {ma['file']} written by hand into the runs' analysis/ folders")
     return lines
 
 
@@ -372,6 +374,6 @@ if __name__ == "__main__":  # python workflows/plan.py [config.yaml] [--demo]: p
         p = build_plan(load_config(cfg_path), demo="--demo" in sys.argv)
     except PlanError as exc:
         sys.exit(f"workflow config error: {exc}")
-    print("\n".join(summary(p)))
+    print("\n".join(summary(p, limit=10**6)))
     for r in p.runs.values():
         print(f"  {r.key}  [{', '.join(r.experiments)}]  {r.command()}")

@@ -24,7 +24,7 @@ try:
 except WP.PlanError as _exc:
     raise WorkflowError(f"workflow config error: {_exc}") from None
 
-if config.get("announce", True):
+if str(config.get("announce", True)).lower() not in ("false", "0", "no", "off"):
     for _line in WP.summary(PLAN) + WP.summary(DEMO):
         print(_line, file=sys.stderr)
 
