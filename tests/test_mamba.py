@@ -101,6 +101,8 @@ def test_kl_balance_matches_hand_computation():
     q = np.exp(prior_logits.detach().numpy()) / np.exp(prior_logits.detach().numpy()).sum(-1, keepdims=True)
     kl = float((p * (np.log(p) - np.log(q))).sum())
     assert value.item() == pytest.approx(kl, rel=1e-5)           # 0.8 KL + 0.2 KL in value
+    mean = kl_balance(lp, lq, prior_weight=0.8, post_weight=0.2, reduce="mean")  # MAMBA: mean over categoricals
+    assert mean.item() == pytest.approx(kl / 2, rel=1e-5)
     value.sum().backward()
     # gradients: 0.8 of the KL's gradient reaches the prior, 0.2 reaches the posterior
     pl, ql = post_logits.detach().requires_grad_(), prior_logits.detach().requires_grad_()
