@@ -143,6 +143,19 @@ def test_smoke_cli_end_to_end_and_resume_equals_uninterrupted(tmp_path, monkeypa
         pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
     assert json.loads((resumed / "meta.json").read_text())["status"] == "completed"
 
+    # model analysis entry points on the finished run
+    from marie.analysis_entry import main as analyze
+    assert analyze(["compounding-error", "--run", str(straight), "--episodes", "4", "--segments", "20"]) == 0
+    ce = pd.read_csv(straight / "analysis" / "compounding_error.csv")
+    assert list(ce["horizon"]) == [0, 1, 2, 3] and (ce["n_segments"] == 20).all() and (ce["l1_mean"] > 0).all()
+    assert analyze(["attention", "--run", str(straight)]) == 0
+    att = np.load(straight / "analysis" / "attention.npz")
+    T = len(att["token_kind"])
+    assert att["transformer"].shape[-2:] == (T, T)
+    assert np.allclose(att["transformer"].sum(-1), 1.0, atol=1e-4)
+    assert np.allclose(np.triu(att["transformer"], 1), 0.0)             # causal
+    assert att["perceiver_cross"].shape[-2] == 3                         # one query per agent
+
 
 @pytest.mark.parametrize("override, words", [
     ("params.tokenizer.kind=lstm", "tokenizer.kind"),

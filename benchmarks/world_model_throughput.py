@@ -1,0 +1,224 @@
+"""MARIE world-model and imagination throughput, peak memory, and the KV-cache speed-up.
+
+    python benchmarks/world_model_throughput.py --preset paper --threads 2            # CPU, SMAX 3m shapes
+    python benchmarks/world_model_throughput.py --preset small --threads 2
+    python benchmarks/world_model_throughput.py --preset paper --device cuda --dtype float32
+    python benchmarks/world_model_throughput.py --preset paper --only kv --kv-rollouts 10
+
+Shapes default to SMAX 3m (3 agents, obs 75, 8 actions); the replay buffer holds random data (the cost
+of a step depends on shapes only). Each measurement runs in its own subprocess so that its peak memory
+is its own: on CPU the process's peak resident set (ru_maxrss, everything included: Python, torch,
+models, buffer) and the growth over the resident set just before the measured call; on CUDA
+torch.cuda.max_memory_allocated.
+
+  wm       one world-model training step: sample wm_batch segments of H transitions, tokenize, forward,
+           Eq. (6) loss, backward, AdamW step (wm_microbatch segments per forward/backward)
+  imagine  one imagination: `rollouts` starts x n agents x horizon H, tokenizer decoding and policy
+           sampling included (no PPO)
+  kv       imagination with the KV cache against recomputing the whole context for every generated
+           token, on --kv-rollouts starts (recomputation is too slow for the full batch on a CPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import torch
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_agent(a):
+    from marie.config import resolve_config
+    from marie.envs.base import EnvInfo
+    from marie.marie_agent import MARIEAgent
+    cfg = resolve_config(algo="marie", preset_file=MARIEAgent.preset_file, preset=a.preset, env="smax",
+                         map_name=a.map, seed=0, steps=100, overrides=a.overrides)
+    cfg["run"]["num_envs"] = 8
+    cfg["run"]["dtype"] = a.dtype
+    p = cfg["params"]
+    if a.chunk is not None:
+        p["imagination"]["chunk"] = a.chunk
+    if a.microbatch is not None:
+        p["training"]["wm_microbatch"] = a.microbatch
+    p["training"]["buffer_size"] = 4000
+    info = EnvInfo(n_agents=a.agents, obs_dim=a.obs_dim, state_dim=10, n_actions=a.actions, episode_limit=100,
+                   backend="bench", backend_version="0", map_name=a.map)
+    torch.manual_seed(0)
+    agent = MARIEAgent(info, p, cfg["run"], torch.device(a.device), 0)
+    rng = np.random.default_rng(0)
+    E, N = 8, a.agents
+    for t in range(500):  # random transitions, episodes of 50 steps
+        avail = rng.random((E, N, a.actions)) < 0.7
+        avail[..., 0] = True
+        step = {"obs": rng.uniform(-1, 1, (E, N, a.obs_dim)).astype(np.float32),
+                "next_obs": rng.uniform(-1, 1, (E, N, a.obs_dim)).astype(np.float32),
+                "action": rng.integers(0, a.actions, (E, N, 1)), "reward": rng.random(E).astype(np.float32) * 0.1,
+                "terminated": np.full(E, t % 50 == 49), "end": np.full(E, t % 50 == 49),
+                "first": np.full(E, t % 50 == 0), "alive": np.ones((E, N), bool), "avail": avail,
+                "next_avail": avail}
+        agent.replay.add(**step)
+    return agent, p
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(a) -> dict:
+    torch.set_num_threads(a.threads)
+    agent, p = build_agent(a)
+    dev = a.device
+    H, N = p["horizon"], a.agents
+    out = {"what": a.only, "preset": a.preset, "device": dev, "dtype": a.dtype, "threads": a.threads,
+           "horizon": H, "agents": N}
+    if dev.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    if a.only == "wm":
+        agent.train_world_model(1)  # warm-up
+        before = _rss_mb()
+        times = []
+        for _ in range(a.repeats):
+            _sync(dev)
+            t = time.perf_counter()
+            agent.train_world_model(1)
+            _sync(dev)
+            times.append(time.perf_counter() - t)
+        B = p["training"]["wm_batch"]
+        out.update(step_s=float(np.median(times)), steps_s_all=[round(x, 3) for x in times], segments=B,
+                   sequences_per_s=B / float(np.median(times)), agent_sequences_per_s=B * N / float(np.median(times)),
+                   tokens_per_sequence=agent.world_model.max_tokens, microbatch=p["training"]["wm_microbatch"])
+    elif a.only in ("imagine", "kv"):
+        from marie.imagination import imagine
+        R = p["imagination"]["rollouts"] if a.only == "imagine" else a.kv_rollouts
+        if a.rollouts is not None and a.only == "imagine":
+            R = a.rollouts
+        agent.tokenizer.eval(), agent.world_model.eval(), agent.actor.eval()
+        start = agent.imagination_start(R)
+        chunk = p["imagination"]["chunk"]
+
+        def run(recompute=False):
+            wm = agent.world_model
+            if recompute:
+                wm = _recomputing(wm)
+            torch.manual_seed(1)
+            _sync(dev)
+            t = time.perf_counter()
+            with agent.autocast():
+                traj = imagine(agent.tokenizer, wm, agent.actor, start, H, agent.obs_cfg, agent.n_choices,
+                               chunk=chunk)
+            _sync(dev)
+            return time.perf_counter() - t, traj
+        if a.only == "imagine":
+            run()  # warm-up (small, so that allocator caches exist)
+            before = _rss_mb()
+            times = [run()[0] for _ in range(a.repeats)]
+            out.update(imagine_s=float(np.median(times)), imagine_s_all=[round(x, 3) for x in times], rollouts=R,
+                       chunk=chunk, agent_steps_per_s=R * N * H / float(np.median(times)))
+        else:
+            before = _rss_mb()
+            t_cache, traj_c = run()
+            t_full, traj_f = run(recompute=True)
+            same = torch.equal(traj_c["actions"], traj_f["actions"])
+            out.update(rollouts=R, kv_s=t_cache, recompute_s=t_full, speedup=t_full / t_cache,
+                       same_samples=bool(same),
+                       max_reward_diff=float((traj_c["reward"] - traj_f["reward"]).abs().max()))
+    if dev.startswith("cuda"):
+        out["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["memory"] = "torch.cuda.max_memory_allocated"
+    else:
+        out["peak_mb"] = _peak_mb()
+        out["growth_mb"] = _peak_mb() - before
+        out["memory"] = "process peak RSS (ru_maxrss); growth = peak - RSS before the measured calls"
+    return out
+
+
+def _recomputing(wm):
+    """A view of the world model whose `_feed` re-runs the Transformer over the whole context every call."""
+    import copy
+
+    class Context:
+        def __init__(self):
+            self.parts, self.size = [], 0
+
+    clone = copy.copy(wm)
+
+    def feed(self, x, cache):
+        cache.parts.append(x + self.pos_emb.weight[cache.size: cache.size + x.shape[1]])
+        cache.size += x.shape[1]
+        return self.transformer(torch.cat(cache.parts, 1))[:, -x.shape[1]:]
+    clone._feed = types.MethodType(feed, clone)
+    clone.new_cache = lambda B: Context()
+    return clone
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="paper")
+    ap.add_argument("--map", default="3m")
+    ap.add_argument("--agents", type=int, default=3)
+    ap.add_argument("--obs-dim", type=int, default=75)
+    ap.add_argument("--actions", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=["wm", "imagine", "kv"], default=None)
+    ap.add_argument("--chunk", type=int, default=None, help="override params.imagination.chunk")
+    ap.add_argument("--microbatch", type=int, default=None, help="override params.training.wm_microbatch")
+    ap.add_argument("--rollouts", type=int, default=None, help="override the imagination batch")
+    ap.add_argument("--kv-rollouts", type=int, default=10)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--json", default=None, help="append results as JSON lines here")
+    a = ap.parse_args(argv)
+    if a.only:
+        print(json.dumps(measure(a)), flush=True)
+        return
+    rows = []
+    for what in ("wm", "imagine", "kv"):
+        cmd = [sys.executable, __file__, "--only", what] + [x for x in (argv or sys.argv[1:])]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(res.stderr[-3000:], file=sys.stderr)
+            continue
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    load = os.getloadavg()
+    print(f"# {a.preset} on {a.device} ({platform.processor() or platform.machine()}), {a.threads} threads, "
+          f"load average {load[0]:.1f}")
+    for r in rows:
+        if r["what"] == "wm":
+            print(f"world-model step: {r['step_s']:.2f} s ({r['sequences_per_s']:.1f} segments/s, "
+                  f"{r['agent_sequences_per_s']:.1f} agent sequences/s of {r['tokens_per_sequence']} tokens), "
+                  f"peak {r['peak_mb']:.0f} MB")
+        elif r["what"] == "imagine":
+            print(f"imagination: {r['imagine_s']:.2f} s for {r['rollouts']} x {r['agents']} x H={r['horizon']} "
+                  f"({r['agent_steps_per_s']:.0f} imagined agent-steps/s), peak {r['peak_mb']:.0f} MB")
+        else:
+            print(f"KV cache vs recomputation ({r['rollouts']} rollouts, H={r['horizon']}): {r['kv_s']:.2f} s vs "
+                  f"{r['recompute_s']:.2f} s, speed-up x{r['speedup']:.1f} (same samples: {r['same_samples']})")
+    if a.json:
+        with open(a.json, "a") as f:
+            for r in rows:
+                f.write(json.dumps({**r, "load_avg": load[0]}) + "\n")
+
+
+if __name__ == "__main__":
+    main()

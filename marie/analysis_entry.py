@@ -1,0 +1,189 @@
+"""Model analysis of a finished (or checkpointed) MARIE run, written under the run's analysis/ folder.
+
+    python -m marie.analysis_entry compounding-error --run DIR [--episodes 10] [--segments 1000] [--horizon H]
+    python -m marie.analysis_entry attention --run DIR [--segment-seed 0]
+
+compounding-error (Fig. 7): play `episodes` episodes with the run's final policy, draw `segments` random
+segments of H+1 observations inside them, imagine each one open loop from its first real observation
+under the real actions, and compare: L1 error per observation dimension between the real observation
+o_{t+h} and the imagined ô_{t+h}, for h = 0..H (h = 0 is the tokenizer's reconstruction error).
+    analysis/compounding_error.csv   horizon,l1_mean,l1_std,l1_sem,n_segments
+    analysis/compounding_error.json  what was measured (run, map, episodes, segments, policy, seed)
+attention (Fig. 8-9): one real segment of H transitions from the run's replay buffer through the world
+model with attention recording on.
+    analysis/attention.npz (numpy arrays; docs/marie.md describes them)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marie.errors import UserError
+from marie.rundir import RunDir, atomic_write_text, rows_to_csv
+
+
+def load_agent(run: str | Path, full: bool = False):
+    from marie.algorithm import algorithm_class
+    from marie.envs import make_env
+    from marie.envs.base import EnvInfo
+    rundir = RunDir(run)
+    config = rundir.existing_config()
+    if config is None:
+        raise UserError(f"{rundir.path} is not a run directory (no config.yaml)")
+    if config["algo"] != "marie":
+        raise UserError(f"{rundir.path} is a run of '{config['algo']}', not marie")
+    ck = rundir.load_checkpoint()
+    if ck is None:
+        raise UserError(f"{rundir.path} has no checkpoint to analyse")
+    if config["run"].get("torch_threads"):
+        torch.set_num_threads(int(config["run"]["torch_threads"]))
+    env_info = rundir.read_meta().get("env_info")
+    if env_info:
+        info = EnvInfo(**{**env_info, "action_low": tuple(env_info.get("action_low", ())),
+                          "action_high": tuple(env_info.get("action_high", ()))})
+    else:
+        env = make_env(config["env"], config["map"], 1)
+        info = env.info
+        env.close()
+    cls = algorithm_class("marie")
+    agent = cls(info, config["params"], config["run"], torch.device(config["run"]["device"]), int(config["seed"]))
+    if full:
+        agent.load_state_dict(ck["algo"])
+    else:
+        agent.load_models(ck["algo"])
+    for m in (agent.tokenizer, agent.world_model, agent.actor, agent.critic):
+        m.eval()
+    return agent, config, rundir, ck
+
+
+def play_episodes(agent, config, episodes: int, seed: int) -> list[dict]:
+    """One episode per environment, `episodes` environments in parallel, with the agent's evaluation policy."""
+    from marie.envs import make_env
+    env = make_env(config["env"], config["map"], episodes)
+    ts = env.reset(seed=seed)
+    carry = agent.initial_carry(episodes)
+    obs, acts, ends = [ts.obs], [], []
+    finished = np.zeros(episodes, bool)
+    length = np.zeros(episodes, int)
+    with torch.no_grad():
+        while not finished.all():
+            actions, carry = agent.act(ts, carry, training=False)
+            nxt = env.step(actions)
+            acts.append(np.asarray(actions))
+            obs.append(np.asarray(nxt.next_obs))
+            length += ~finished
+            finished |= nxt.done
+            ts = nxt
+    env.close()
+    obs, acts = np.stack(obs, 1), np.stack(acts, 1)            # [E, T+1, N, O], [E, T, N(, m)]
+    return [{"obs": obs[e, : length[e] + 1], "actions": acts[e, : length[e]]} for e in range(episodes)]
+
+
+def compounding_error(run: str, episodes: int = 10, segments: int = 1000, horizon: int | None = None,
+                      seed: int = 0, chunk: int = 100) -> Path:
+    from marie.envs.base import discretize_actions
+    from marie.imagination import imagine
+    agent, config, rundir, _ = load_agent(run)
+    H = horizon or agent.H
+    if H > agent.H:
+        raise UserError(f"--horizon {H} exceeds the world model's horizon {agent.H}")
+    torch.manual_seed(seed)
+    eps = play_episodes(agent, config, episodes, seed=987_654 + seed)
+    usable = [(i, t) for i, ep in enumerate(eps) for t in range(len(ep["actions"]) - H + 1)]
+    if not usable:
+        raise UserError(f"no episode is longer than the horizon {H}; lower --horizon")
+    rng = np.random.default_rng(seed)
+    pick = [usable[j] for j in rng.integers(len(usable), size=segments)]
+    real = np.stack([eps[i]["obs"][t: t + H + 1] for i, t in pick])           # [B, H+1, N, O]
+    acts = np.stack([eps[i]["actions"][t: t + H] for i, t in pick])            # [B, H, N(, m)]
+    if agent.continuous:
+        low, high = np.array(agent.env_info.action_low), np.array(agent.env_info.action_high)
+        acts = discretize_actions(acts, low, high, agent.bins)
+    else:
+        acts = acts[..., None]
+    dev, dt = agent.device, agent.dtype
+    B = real.shape[0]
+    start = {"obs": torch.as_tensor(real[:, 0], device=dev, dtype=dt),
+             "stack": torch.zeros(B, agent.N, agent.S - 1, agent.O, device=dev, dtype=dt),
+             "last": torch.full((B, agent.N, agent.m), -1, dtype=torch.long, device=dev), "avail": None}
+    forced = torch.as_tensor(acts, device=dev, dtype=torch.long).transpose(0, 1)   # [H, B, N, m]
+    traj = imagine(agent.tokenizer, agent.world_model, agent.actor, start, H, agent.obs_cfg, agent.n_choices,
+                   chunk=chunk, forced_actions=forced)
+    err = (traj["recon"].float().cpu().numpy() - real.transpose(1, 0, 2, 3)).__abs__().mean(axis=(2, 3))  # [H+1, B]
+    rows = [{"horizon": h, "l1_mean": float(err[h].mean()), "l1_std": float(err[h].std()),
+             "l1_sem": float(err[h].std() / np.sqrt(B)), "n_segments": B} for h in range(H + 1)]
+    out = rundir.analysis_dir / "compounding_error.csv"
+    atomic_write_text(out, rows_to_csv(["horizon", "l1_mean", "l1_std", "l1_sem", "n_segments"], rows))
+    meta = {"run": str(rundir.path), "env": config["env"], "map": config["map"], "episodes": episodes,
+            "segments": B, "horizon": H, "seed": seed, "policy": "final checkpoint, evaluation policy "
+            f"({'sampled' if config['run'].get('eval_sample') else 'greedy'})", "actions": "real (open loop)",
+            "tokens": "sampled from the world model", "episode_lengths": [len(e["actions"]) for e in eps]}
+    atomic_write_text(rundir.analysis_dir / "compounding_error.json", json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def attention(run: str, segment_seed: int = 0) -> Path:
+    agent, config, rundir, _ = load_agent(run, full=True)
+    wm = agent.world_model
+    torch.manual_seed(segment_seed)
+    batch = agent.world_model_batch(1)
+    wm.record_attention(True)
+    with torch.no_grad():
+        wm.forward_sequence(batch["obs_tokens"], batch["actions"])
+    layers = np.stack([b.attn.last_weights.float().cpu().numpy() for b in wm.transformer.blocks], 0)  # [Ly,S,h,T,T]
+    T = layers.shape[-1]
+    kinds = np.array((["obs"] * wm.Ko + ["act"] * wm.Ka + (["agg"] if wm.aggregate else [])) * wm.horizon
+                     + ["obs"] * (wm.Ko - 1))
+    steps = np.concatenate([np.repeat(np.arange(wm.horizon), wm.tps), np.full(wm.Ko - 1, wm.horizon)])
+    data = {"transformer": layers.transpose(1, 0, 2, 3, 4), "token_kind": kinds[:T], "token_step": steps[:T],
+            "step_mask": batch["step_mask"][0].cpu().numpy(), "tokens_per_step": np.array(wm.tps),
+            "n_agents": np.array(agent.N)}
+    if wm.aggregate:
+        cross = wm.perceiver.cross.last_weights.float().cpu().numpy()    # [L, heads, N, N*(K+m)]
+        per = agent.tokenizer.tokens + agent.m
+        data["perceiver_cross"] = cross
+        data["input_agent"] = np.repeat(np.arange(agent.N), per)
+        data["input_kind"] = np.array((["obs"] * agent.tokenizer.tokens + ["act"] * agent.m) * agent.N)
+    wm.record_attention(False)
+    out = rundir.analysis_dir / "attention.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".attention.tmp.npz")
+    np.savez_compressed(tmp, **data)
+    tmp.replace(out)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m marie.analysis_entry", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("compounding-error")
+    c.add_argument("--run", required=True)
+    c.add_argument("--episodes", type=int, default=10)
+    c.add_argument("--segments", type=int, default=1000)
+    c.add_argument("--horizon", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--chunk", type=int, default=100, help="segments imagined at once")
+    a = sub.add_parser("attention")
+    a.add_argument("--run", required=True)
+    a.add_argument("--segment-seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "compounding-error":
+            out = compounding_error(args.run, args.episodes, args.segments, args.horizon, args.seed, args.chunk)
+        else:
+            out = attention(args.run, args.segment_seed)
+    except UserError as exc:
+        print(f"marie: error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
