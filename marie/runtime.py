@@ -215,8 +215,9 @@ class Runner:
             self.ts = self.env.reset(seed=self.seed)
             self.carry = self.algo.initial_carry(self.run["num_envs"])
             resumes = 0
-            if self.rundir.train_file.exists():
-                self.rundir.train_file.unlink()
+            for stale in (self.rundir.train_file, self.rundir.eval_file):  # from a run killed before its first checkpoint
+                if stale.exists():
+                    stale.unlink()
         meta = {
             "algo": self.config["algo"], "env": self.config["env"], "map": self.config["map"], "seed": self.seed,
             "preset": self.config["preset"], "steps": self.steps, "versions": package_versions(),

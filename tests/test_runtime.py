@@ -158,7 +158,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     proc = subprocess.Popen(cmd + ["--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if (killed / "eval.csv").exists() and len((killed / "eval.csv").read_text().splitlines()) >= 3:
+        if (killed / "checkpoint" / "state.pt").exists() and len((killed / "eval.csv").read_text().splitlines()) >= 3:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
