@@ -212,6 +212,8 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
     checker = _Checker(registered)
 
     seeds = cfg["seeds"]
+    if isinstance(seeds, list):  # `--config 'seeds=[0,1,2]'` gives strings
+        seeds = [int(x) if isinstance(x, str) and x.strip().isdigit() else x for x in seeds]
     _need(isinstance(seeds, list) and seeds and all(isinstance(s, int) and s >= 0 for s in seeds),
           f"workflow config: seeds must be a non-empty list of non-negative integers, got {seeds!r}")
     _need(len(set(seeds)) == len(seeds), f"workflow config: seeds repeat: {seeds}")
@@ -367,13 +369,37 @@ def summary(plan: Plan, limit: int = 6) -> list[str]:
     return lines
 
 
-if __name__ == "__main__":  # python workflows/plan.py [config.yaml] [--demo]: print the plan
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    cfg_path = args[0] if args else Path(__file__).with_name("config.yaml")
+def write_json(plan: Plan, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(plan.to_json(), indent=1, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python workflows/plan.py [CONFIG] [--demo] [--config-json JSON] [--write PLAN.json]: print or write the plan."""
+    import argparse
+    p = argparse.ArgumentParser(prog="workflows/plan.py", description=main.__doc__)
+    p.add_argument("config", nargs="?", default=str(Path(__file__).with_name("config.yaml")))
+    p.add_argument("--config-json", help="the whole config as JSON (the workflow passes its merged config)")
+    p.add_argument("--demo", action="store_true", help="the demo's plan")
+    p.add_argument("--write", help="write the plan as JSON here (for `python -m analysis report --plan`)")
+    a = p.parse_args(argv)
     try:
-        p = build_plan(load_config(cfg_path), demo="--demo" in sys.argv)
+        cfg = json.loads(a.config_json) if a.config_json else load_config(a.config)
+        plan = build_plan(cfg, demo=a.demo)
     except PlanError as exc:
-        sys.exit(f"workflow config error: {exc}")
-    print("\n".join(summary(p, limit=10**6)))
-    for r in p.runs.values():
+        print(f"workflow config error: {exc}", file=sys.stderr)
+        return 2
+    if a.write:
+        write_json(plan, a.write)
+        return 0
+    print("\n".join(summary(plan, limit=10**6)))
+    for r in plan.runs.values():
         print(f"  {r.key}  [{', '.join(r.experiments)}]  {r.command()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

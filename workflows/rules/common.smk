@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
