@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 EVAL_COLUMNS = ["env_steps", "win_rate", "return_mean", "return_std", "episodes", "length_mean", "wall_s"]
@@ -37,7 +38,8 @@ class Collection:
         runs = self.runs[self.runs["key"].isin(keep)].copy()
         runs["label"] = [exps[name] for exps in runs["experiments"]]
         tidy = self.tidy[self.tidy["key"].isin(keep)].merge(runs[["key", "label"]], on="key")
-        problems = self.problems[[name in e for e in self.problems["experiments"]]]
+        mask = np.array([name in e for e in self.problems["experiments"]], dtype=bool)
+        problems = self.problems.loc[mask]
         return Collection(self.plan, runs.reset_index(drop=True), tidy.reset_index(drop=True),
                           problems.reset_index(drop=True))
 

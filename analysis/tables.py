@@ -65,8 +65,10 @@ class Table:
     def wide(self, sources=("ours", "paper")) -> pd.DataFrame:
         """One row per table row; for each column label, one text column per source."""
         keys = self.long[self.rows].drop_duplicates() if len(self.long) else pd.DataFrame(columns=self.rows)
-        if self.row_info is not None and len(self.row_info):
-            keys = self.row_info[self.rows].merge(keys, how="outer").drop_duplicates()
+        if self.row_info is not None and len(self.row_info):  # the row order of row_info, then any others
+            info = self.row_info[self.rows].drop_duplicates()
+            extra = keys.merge(info, how="left", indicator=True)
+            keys = pd.concat([info, extra.loc[extra["_merge"] == "left_only", self.rows]], ignore_index=True)
         index = {}
         for rec in self.long.to_dict("records"):
             index[(tuple(rec[r] for r in self.rows), rec["column"], rec["source"])] = rec

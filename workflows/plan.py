@@ -373,7 +373,7 @@ def write_json(plan: Plan, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(plan.to_json(), indent=1, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(plan.to_json(), indent=1, default=str))  # keeps config order
     tmp.replace(path)
 
 

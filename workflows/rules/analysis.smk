@@ -5,21 +5,37 @@
 # of everything that exists ({results}/report/index.md and index.html). Targets are shell rules, not
 # run: blocks, so their inputs are not re-evaluated when the job starts (a `run:` job re-parses the
 # workflow, and an algorithm registered meanwhile would add runs the DAG never scheduled).
+# The plan's JSON ({results}/workflow/plan.json) is rewritten whenever the plan changes.
 
 MODEL_FILES = {spec["file"]: name for name, spec in PLAN.model_analysis.items()}
 
-CONFIG_JSON = json.dumps(config, sort_keys=True, default=str)
+rule plan_json:
+    """The plan as JSON for the analysis; rewritten whenever the plan changes (its digest is a param)."""
+    localrule: True
+    output:
+        "{root}/workflow/plan.json",
+    params:
+        digest=lambda w: _plan_of(w.root).config_digest + "-" + _digest(_plan_of(w.root)),
+    run:
+        WP.write_json(_plan_of(wildcards.root), output[0])
+
+
+def _plan_of(root):
+    for plan in (PLAN, DEMO):
+        if plan.root == root:
+            return plan
+    raise WorkflowError(f"no plan writes to {root}")
+
+
+def _digest(plan):
+    import hashlib
+    return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def report_command(plan, target):
-    """Shell: write the plan as of now (algorithms registered since the workflow started count, and
-    their runs show as missing) and rebuild the report of everything that exists."""
-    plan_file = PLAN_FILES[plan.name]
-    demo = " --demo" if plan.name == "demo" else ""
-    return (f"python {shlex.quote(str(Path(workflow.basedir) / 'workflows' / 'plan.py'))}{demo} "
-            f"--config-json {shlex.quote(CONFIG_JSON)} --write {shlex.quote(plan_file)} && "
-            f"python -m analysis report --plan {shlex.quote(plan_file)} --out {shlex.quote(plan.root + '/report')} "
-            f"--target {target}")
+    """Shell: rebuild the report of everything that exists from the plan's JSON."""
+    return (f"python -m analysis report --plan {shlex.quote(PLAN_FILES[plan.name])} "
+            f"--out {shlex.quote(plan.root + '/report')} --target {target}")
 
 
 if MODEL_FILES:
@@ -47,6 +63,7 @@ for _target, _experiments in PLAN.targets.items():
         localrule: True
         input:
             PLAN.markers(_experiments),
+            PLAN_FILES["main"],
         params:
             command=lambda w, c=report_command(PLAN, _target): c,  # a function: strings would be formatted
         shell:
@@ -67,6 +84,7 @@ rule model_analysis:
     localrule: True
     input:
         [out for spec in PLAN.model_analysis.values() if spec["available"] for out in spec["outputs"]],
+        PLAN_FILES["main"],
     params:
         command=lambda w: _unavailable_messages() + report_command(PLAN, "model_analysis"),
     shell:
@@ -75,6 +93,8 @@ rule model_analysis:
 
 rule report:
     localrule: True
+    input:
+        PLAN_FILES["main"],
     params:
         command=lambda w: report_command(PLAN, "report"),
     shell:
@@ -85,6 +105,7 @@ rule demo:
     localrule: True
     input:
         DEMO.markers(list(DEMO.experiments)),
+        PLAN_FILES["demo"],
     params:
         command=lambda w: report_command(DEMO, "demo"),
     shell:
