@@ -74,11 +74,19 @@ def test_dry_run_lists_exactly_the_planned_jobs_and_a_seed_adds_its_jobs(tmp_pat
     jobs, stats, out = dry_run(tmp_path, cfg)
     expected = {("smax", m, "Random", s) for m in ("3m", "2s3z") for s in (0, 1)}
     assert jobs == expected
-    assert stats["train"] == 4 and stats["all_smac"] == 1 and stats["total"] == 5
-    # one more seed: exactly that seed's jobs are added
+    assert stats == {"train": 4, "plan_json": 1, "all_smac": 1, "total": 6}
+    outputs = re.findall(r"rule train:\n\s+output: (.*)", out)  # the run directory is never an output
+    assert len(outputs) == 4 and all(line.strip().endswith("/workflow.done") for line in outputs)
+    # one more seed: exactly that seed's jobs are added; a completed run (its marker exists) is not re-run,
+    # an interrupted one (run directory and checkpoint, no marker) is scheduled again and resumes
+    runs = tmp_path / "results" / "runs" / "smax"
+    (runs / "3m/Random/seed0").mkdir(parents=True)
+    (runs / "3m/Random/seed0/workflow.done").write_text("{}")
+    (runs / "2s3z/Random/seed1/checkpoint").mkdir(parents=True)
+    (runs / "2s3z/Random/seed1/checkpoint/state.pt").write_text("partial")
     jobs3, stats3, _ = dry_run(tmp_path, small_config(tmp_path, seeds=[0, 1, 7]))
-    assert jobs3 - jobs == {("smax", m, "Random", 7) for m in ("3m", "2s3z")}
-    assert jobs <= jobs3 and stats3["train"] == 6
+    assert jobs3 == (jobs - {("smax", "3m", "Random", 0)}) | {("smax", m, "Random", 7) for m in ("3m", "2s3z")}
+    assert stats3["train"] == 5
 
 
 def test_plan_reports_unavailable_maps_and_unregistered_methods_by_name(tmp_path):
