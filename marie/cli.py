@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from marie.errors import UserError
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"marie: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `marie maps | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _dispatch(args) -> int:

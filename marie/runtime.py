@@ -199,9 +199,9 @@ class Runner:
             print(f"{self.rundir.path}: already completed", file=sys.stderr)
             return meta
         checkpoint = self.rundir.load_checkpoint()  # refuses a corrupt one before any work
+        self._build()  # bad algorithm parameters fail here, before anything is written
         self.rundir.path.mkdir(parents=True, exist_ok=True)
         self.rundir.write_config(self.config)
-        self._build()
         self.t_start, self.wall_before = time.perf_counter(), 0.0
         every = self.run["checkpoint_every"] or self.run["eval_every"]
         if checkpoint is not None:

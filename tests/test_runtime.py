@@ -214,3 +214,12 @@ def test_set_overrides_are_typed_and_recorded(tmp_path):
                         overrides=["run.eval_every=250", "eval_sample=true"], out=tmp_path / "c")
     assert config["run"]["eval_every"] == 250 and config["run"]["eval_sample"] is True
     assert config["preset"] == "smoke" and config["steps"] == 1000
+
+
+def test_bad_algorithm_parameter_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "bad"
+    code = run_cli("--algo", "marie", "--map", "3m", "--steps", "400", *SMOKE, "--set", "params.tokenizer.kind=pixels",
+                   "--out", str(out))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "tokenizer.kind" in err
+    assert not out.exists()

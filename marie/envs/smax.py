@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import os
 import sys
 import warnings
@@ -20,18 +19,20 @@ from marie.envs.registry import MapSpec
 
 @contextlib.contextmanager
 def _silence_stdout():
-    """Silence file descriptor 1 (jaxmarl prints on import past Python-level redirection)."""
+    """Silence file descriptor 1 while jaxmarl imports: one of its imports resets sys.stdout and
+    sys.stderr to the process's original streams, so restore both Python-level streams afterwards."""
+    streams = sys.stdout, sys.stderr
     sys.stdout.flush()
     saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+        yield
     finally:
-        sys.stdout.flush()
+        sys.__stdout__.flush()
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+        sys.stdout, sys.stderr = streams
 
 
 def _import_jax():
