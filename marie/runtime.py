@@ -132,11 +132,13 @@ class Runner:
     def _build(self) -> None:
         if self.run["torch_threads"]:
             torch.set_num_threads(int(self.run["torch_threads"]))
-        seed_everything(self.seed)
         self.device = torch.device(self.run["device"])
         options = {"sc2_restarts": self.run["sc2_restarts"]}
         self.env = make_env(self.config["env"], self.config["map"], self.run["num_envs"], **options)
         self.eval_env = make_env(self.config["env"], self.config["map"], self.run["eval_episodes"], **options)
+        # Seed after the environments: building (compiling) one draws from the global generators the first
+        # time in a process, which would make two runs in one process differ.
+        seed_everything(self.seed)
         cls = algorithm_class(self.config["algo"])
         self.algo: Algorithm = cls(self.env.info, self.config["params"], self.run, self.device, self.seed)
 
