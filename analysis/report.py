@@ -146,6 +146,9 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
     settings = settings or Settings.from_plan(plan)
     coll = collect(plan)
     registry = paper_figures.registry()
+    if not items and (out / "items").is_dir():  # a full rebuild: no stale figures from an older plan
+        import shutil
+        shutil.rmtree(out / "items")
     built: list[Item] = []
     for name, spec in registry.items():
         if items and name not in items:
