@@ -292,6 +292,8 @@ def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Sett
         for k, path in found.items():
             d = pd.read_csv(path)
             r = rundirs[k]
+            if "l1_error" not in d.columns and "l1_mean" in d.columns:  # MARIE's analysis entry point
+                d = d.rename(columns={"l1_mean": "l1_error"})
             if "l1_error" not in d.columns or "horizon" not in d.columns:
                 item.notes.append(f"{k}: {path.name} lacks columns horizon,l1_error; skipped")
                 continue
@@ -310,8 +312,9 @@ def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Sett
                 continue
             with np.load(path) as z:
                 for name in z.files:
-                    if name.startswith(spec.get("prefix", "")):
-                        arrays[f"seed{rundirs[k]['seed']} {name}"] = z[name]
+                    if name.startswith(spec.get("prefix", "")) and np.issubdtype(z[name].dtype, np.floating):
+                        for label, panel in attention_panels(name, z[name]):
+                            arrays[f"seed{rundirs[k]['seed']} {label}"] = panel
             break  # one run is enough for the maps, as in the paper
         item.files += plots.attention_maps(arrays, out / item.name, formats=s.formats)
         item.runs = 1 if arrays else 0
@@ -319,6 +322,18 @@ def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Sett
             item.notes.append(f"no arrays starting with '{spec.get('prefix', '')}' for {spec.get('map')}")
     item.status = "ok" if item.files else "empty"
     return item
+
+
+def attention_panels(name: str, a: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """2-D [queries x keys] panels from MARIE's attention arrays (docs/marie.md): `transformer`
+    [streams, layers, heads, T, T] gives one head-averaged map per layer of agent 0's stream;
+    anything else (e.g. `perceiver_cross` [steps, heads, agents, keys]) is averaged over its leading axes."""
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 2:
+        return [(name, a)]
+    if name == "transformer" and a.ndim == 5:
+        return [(f"{name} layer {layer} (agent 0)", a[0, layer].mean(0)) for layer in range(a.shape[1])]
+    return [(name, a.reshape(-1, *a.shape[-2:]).mean(0))]
 
 
 # -- export ---------------------------------------------------------------------------------------------
