@@ -13,7 +13,6 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
 
 import paper_figures
 from analysis.items import Item, Settings, build

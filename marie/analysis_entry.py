@@ -67,7 +67,7 @@ def play_episodes(agent, config, episodes: int, seed: int) -> list[dict]:
     env = make_env(config["env"], config["map"], episodes)
     ts = env.reset(seed=seed)
     carry = agent.initial_carry(episodes)
-    obs, acts, ends = [ts.obs], [], []
+    obs, acts = [ts.obs], []
     finished = np.zeros(episodes, bool)
     length = np.zeros(episodes, int)
     with torch.no_grad():

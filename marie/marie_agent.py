@@ -9,7 +9,6 @@ All numbers come from params (marie/configs/marie.yaml); docs/marie.md lists the
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
@@ -260,7 +259,7 @@ class MARIEAgent(Algorithm):
                 "avail": None if self.continuous else t["avail"][:, hist]}
 
     def train_behaviour(self, rounds: int) -> dict:
-        ic, tr = self.params["imagination"], self.params["training"]
+        ic = self.params["imagination"]
         logs = []
         for _ in range(rounds):
             self.tokenizer.eval(), self.world_model.eval(), self.actor.eval()

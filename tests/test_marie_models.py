@@ -1,6 +1,5 @@
 """MARIE components: shapes, KV-cached decoding equals full recomputation, causal masking, masking of
 unavailable actions, λ-returns and the PPO loss against hand-computed values."""
-import numpy as np
 import pytest
 import torch
 

@@ -1,6 +1,5 @@
 """MARIE learning on fixed data (tokenizer, world model), the replay buffer's segment masks, the smoke
 preset end to end through the CLI, resume equal to an uninterrupted run, and config errors."""
-import json
 
 import numpy as np
 import pandas as pd
@@ -8,13 +7,13 @@ import pytest
 import torch
 
 from marie.algorithm import masked_uniform_actions
-from marie.cli import main
 from marie.config import resolve_config
 from marie.envs.base import EnvInfo
 from marie.errors import UserError
 from marie.marie_agent import MARIEAgent
 from marie.replay import ReplayBuffer
-from marie.runtime import Runner, prepare
+from marie.runtime import prepare
+from resume_check import assert_resume_equals_uninterrupted
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -108,40 +107,15 @@ def test_imagination_round_trains_the_policy(smax_agent):
     assert 0.0 <= metrics["imag_discount"] <= 1.0
 
 
-class Interrupt(Exception):
-    pass
-
-
-def test_smoke_cli_end_to_end_and_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
-    straight = tmp_path / "straight"
-    assert main(["run", "--algo", "marie", "--env", "smax", "--map", "3m", "--seed", "3", "--steps", "600",
-                 "--preset", "smoke", "--out", str(straight)]) == 0
+def test_smoke_run_end_to_end_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    # interrupted at 400 env steps: trained, buffer filled, episodes in progress
+    straight, _ = assert_resume_equals_uninterrupted(tmp_path, monkeypatch, 400, algo="marie", env="smax",
+                                                     map_name="3m", seed=3, steps=600, preset="smoke")
     ev = pd.read_csv(straight / "eval.csv")
     assert list(ev["env_steps"]) == [0, 200, 400, 600]
     train = pd.read_csv(straight / "train.csv")
     assert len(train) >= 4 and {"wm_loss", "tokenizer_loss", "actor_loss", "critic_loss"} <= set(train.columns)
     assert np.isfinite(train["wm_loss"]).all()
-
-    args = dict(algo="marie", env="smax", map_name="3m", seed=3, steps=600, preset="smoke")
-    resumed = tmp_path / "resumed"
-    original = Runner._checkpoint
-    calls = {"n": 0}
-
-    def checkpoint_then_die(self):
-        original(self)
-        calls["n"] += 1
-        if calls["n"] == 3:  # at 400 env steps: trained, buffer filled, episodes in progress
-            raise Interrupt()
-    monkeypatch.setattr(Runner, "_checkpoint", checkpoint_then_die)
-    with pytest.raises(Interrupt):
-        Runner(*prepare(**args, out=resumed)).train()
-    monkeypatch.setattr(Runner, "_checkpoint", original)
-    meta = Runner(*prepare(**args, out=resumed)).train()
-    assert meta["status"] == "completed" and meta["resume_count"] == 1
-    for name in ("eval.csv", "train.csv"):
-        a, b = pd.read_csv(straight / name), pd.read_csv(resumed / name)
-        pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
-    assert json.loads((resumed / "meta.json").read_text())["status"] == "completed"
 
     # model analysis entry points on the finished run
     from marie.analysis_entry import main as analyze

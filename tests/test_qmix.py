@@ -10,7 +10,7 @@ from baselines.qmix import QMIX
 from marie.cli import main
 from marie.config import resolve_config
 from marie.envs.base import EnvInfo, TimeStep
-from marie.runtime import Runner, prepare
+from resume_check import assert_resume_equals_uninterrupted
 
 INFO = EnvInfo(n_agents=3, obs_dim=6, state_dim=7, n_actions=5, episode_limit=10, backend="fake",
                backend_version="0", map_name="fake")
@@ -112,30 +112,7 @@ def test_smoke_run_through_the_cli(tmp_path):
     assert len(tr) > 5 and np.isfinite(tr["loss_td"]).all() and (tr["buffer_episodes"] >= 4).all()
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    args = dict(algo="qmix", env="smax", map_name="3m", seed=3, steps=600, preset="smoke")
-    straight = tmp_path / "straight"
-    Runner(*prepare(**args, out=straight)).train()
-    resumed = tmp_path / "resumed"
-    original = Runner._checkpoint
-    calls = {"n": 0}
-
-    def checkpoint_then_die(self):
-        original(self)
-        calls["n"] += 1
-        if calls["n"] == 3:  # at 400 env steps, with a partly filled buffer and episodes in progress
-            raise Interrupt()
-    monkeypatch.setattr(Runner, "_checkpoint", checkpoint_then_die)
-    with pytest.raises(Interrupt):
-        Runner(*prepare(**args, out=resumed)).train()
-    monkeypatch.setattr(Runner, "_checkpoint", original)
-    meta = Runner(*prepare(**args, out=resumed)).train()
-    assert meta["status"] == "completed" and meta["resume_count"] == 1
-    for name in ("eval.csv", "train.csv"):
-        a, b = pd.read_csv(straight / name), pd.read_csv(resumed / name)
-        assert len(b) > 0
-        pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
+    # interrupted at 400 env steps, with a partly filled buffer and episodes in progress
+    assert_resume_equals_uninterrupted(tmp_path, monkeypatch, 400, algo="qmix", env="smax", map_name="3m", seed=3,
+                                       steps=600, preset="smoke")

@@ -17,6 +17,7 @@ from marie.cli import main
 from marie.config import CONFIG_DIR
 from marie.rundir import EVAL_COLUMNS
 from marie.runtime import Runner, prepare
+from resume_check import assert_resume_equals_uninterrupted
 
 SMOKE = ["--preset", "smoke"]
 
@@ -119,34 +120,9 @@ def test_corrupt_checkpoint_is_refused_by_name(tmp_path, capsys):
     assert "state.pt" in err and "corrupt" in err
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_equals_uninterrupted_in_process(tmp_path, monkeypatch):
-    args = dict(algo="random", env="smax", map_name="3m", seed=7, steps=1200, preset="smoke")
-    straight = tmp_path / "straight"
-    Runner(*prepare(**args, out=straight)).train()
-
-    resumed = tmp_path / "resumed"
-    config, rundir = prepare(**args, out=resumed)
-    original = Runner._checkpoint
-    calls = {"n": 0}
-
-    def checkpoint_then_die(self):
-        original(self)
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise Interrupt()
-    monkeypatch.setattr(Runner, "_checkpoint", checkpoint_then_die)
-    with pytest.raises(Interrupt):
-        Runner(config, rundir).train()
-    assert json.loads((resumed / "meta.json").read_text())["status"] == "failed"
-    monkeypatch.setattr(Runner, "_checkpoint", original)
-    meta = Runner(*prepare(**args, out=resumed)).train()
-    assert meta["status"] == "completed" and meta["resume_count"] == 1
-    a, b = read_eval(straight), read_eval(resumed)
-    pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
+    assert_resume_equals_uninterrupted(tmp_path, monkeypatch, 800, files=("eval.csv",), algo="random", env="smax",
+                                       map_name="3m", seed=7, steps=1200, preset="smoke")
 
 
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):

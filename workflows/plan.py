@@ -226,7 +226,7 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
     preset_override = None
     if demo:
         d = cfg.get("demo") or {}
-        _need(d.get("experiment") in experiments_cfg, f"workflow config: demo.experiment must name an experiment")
+        _need(d.get("experiment") in experiments_cfg, "workflow config: demo.experiment must name an experiment")
         base = copy.deepcopy(experiments_cfg[d["experiment"]])
         base["maps"] = d.get("maps", base.get("maps"))
         base.pop("eval", None)

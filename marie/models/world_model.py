@@ -117,7 +117,6 @@ class WorldModel(nn.Module):
         reward [B,L], cont [B,L,N] discount labels, next_avail [B,L,N,A] (optional), step_mask [B,L],
         obs_mask [B,L+1] (float)."""
         out = self.forward_sequence(batch["obs_tokens"], batch["actions"])
-        B, L = out["B"], out["L"]
         tgt = self._stream_obs_tokens(batch["obs_tokens"])                  # [BS, L+1, Ko]
         obs_mask = self._stream_mask(batch["obs_mask"])
         step_mask = self._stream_mask(batch["step_mask"])
