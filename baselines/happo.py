@@ -68,7 +68,7 @@ class HAPPO(OnPolicyAlgorithm):
                 factor = compound_factor(factor, logp_new, batch["logp"][:, :, agent])
         self.stacked.refresh()
         self.last_order, self.last_factors = order, factors
-        metrics = {k: sum(l[k] for l in logs) / len(logs) for k in logs[0]}
+        metrics = {k: float(sum(l[k] for l in logs) / len(logs)) for k in logs[0]}
         metrics["factor_mean"] = float(factor.mean())  # M after the last agent: the joint ratio
         return metrics
 

@@ -39,7 +39,7 @@ class MAPPO(OnPolicyAlgorithm):
                 loss, log = self._actor_loss(out, log_std, batch, idx)
                 log["actor_grad_norm"] = self._step(self.actor_opt, self.actor.parameters(), loss)
                 logs.append(log)
-        return {k: sum(l[k] for l in logs) / len(logs) for k in logs[0]}
+        return {k: float(sum(l[k] for l in logs) / len(logs)) for k in logs[0]}
 
     def _actor_state(self) -> dict:
         return {"net": self.actor.state_dict(), "opt": self.actor_opt.state_dict()}

@@ -304,15 +304,16 @@ class OnPolicyAlgorithm(Algorithm):
         with torch.no_grad():
             kl = masked_mean((ratio - 1) - (logp - sel("logp")), active)  # the k3 estimator of KL(old || new)
             clipped = masked_mean(((ratio - 1).abs() > self.params["clip"]).to(ratio.dtype), active)
-        return loss, {"policy_loss": policy_loss.item(), "entropy": entropy.item(), "approx_kl": kl.item(),
-                      "clip_frac": float(clipped)}
+        # detached tensors: averaged and read once per update, not synced per minibatch
+        return loss, {"policy_loss": policy_loss.detach(), "entropy": entropy.detach(), "approx_kl": kl,
+                      "clip_frac": clipped}
 
-    def _step(self, opt: torch.optim.Optimizer, params, loss: torch.Tensor) -> float:
+    def _step(self, opt: torch.optim.Optimizer, params, loss: torch.Tensor) -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = nn.utils.clip_grad_norm_(params, self.params["grad_clip"])
         opt.step()
-        return float(norm)
+        return norm.detach()
 
     def _update_critic(self, batch: dict) -> dict:
         p = self.params
@@ -325,8 +326,9 @@ class OnPolicyAlgorithm(Algorithm):
                 v = self.critic(batch["state"][idx])
                 loss = clipped_value_loss(v, batch["v_old"][idx], target[idx], clip, p["huber_delta"]).mean()
                 norm = self._step(self.critic_opt, self.critic.parameters(), p["value_coef"] * loss)
-                logs.append((loss.item(), norm))
-        return {"value_loss": float(np.mean([l for l, _ in logs])), "critic_grad_norm": float(np.mean([n for _, n in logs]))}
+                logs.append(torch.stack([loss.detach(), norm]))
+        value_loss, grad_norm = torch.stack(logs).mean(0).tolist()  # one host sync per update
+        return {"value_loss": value_loss, "critic_grad_norm": grad_norm}
 
     def _train(self) -> dict:
         batch, stats = self._prepare()
