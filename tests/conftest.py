@@ -11,6 +11,16 @@ SMOKE_NUM_ENVS = 4
 SMOKE_EVAL_EPISODES = 4
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one torch thread avoids OpenMP contention on a small, shared CPU."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def smax_3m():
     """One SMAX 3m environment with the smoke size, shared by the whole session (reset it before use)."""

@@ -13,13 +13,7 @@ from marie.returns import lambda_returns, ppo_clip_loss
 N, O, A, K, V, H = 3, 11, 5, 4, 16, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP contention on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def wm_cfg(**over):

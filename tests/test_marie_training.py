@@ -16,12 +16,7 @@ from marie.runtime import prepare
 from resume_check import assert_resume_equals_uninterrupted
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def smoke_config(**params):

@@ -26,6 +26,8 @@ Subclasses provide the mixer (`build_mixer`) and may feed it more inputs (`mixer
 """
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import copy
 from typing import Any
 
@@ -90,9 +92,9 @@ class ValueDecompositionLearner(Algorithm):
     action_spaces = ("discrete",)
 
     # -- what subclasses provide ---------------------------------------------------------------------
+    @abstractmethod
     def build_mixer(self) -> nn.Module:
         """The mixer: forward(agent_qs [B,T,N], states [B,T,S], *, obs, actions_onehot, max_qs, **extra) -> [B,T]."""
-        raise NotImplementedError
 
     def build_extra(self) -> nn.Module | None:
         """Further trained modules that have no target copy (MBVD's latent model)."""
