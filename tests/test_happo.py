@@ -12,7 +12,7 @@ from marie.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_mappo import check_resume  # noqa: E402
-from test_onpolicy_common import E, N, discrete_info, fake_ts, make  # noqa: E402
+from test_onpolicy_common import N, discrete_info, fill_rollout, make  # noqa: E402
 
 
 def test_compound_factor_on_a_toy_example():
@@ -32,14 +32,7 @@ def test_each_agent_is_weighted_by_its_predecessors_new_over_old_policies():
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     algo = make("happo", discrete_info(), lr=0.05)  # a large step so that M differs visibly from 1
-    carry = algo.initial_carry(E)
-    ts = fake_ts(rng, algo.env_info, first=np.ones(E, bool))
-    while not algo.buffer.full:
-        actions, carry = algo.act(ts, carry, training=True)
-        ts_next = fake_ts(rng, algo.env_info)
-        ts_next = ts_next._replace(first=ts_next.terminated | ts_next.truncated)
-        algo.observe(ts, actions, ts_next)
-        ts = ts_next
+    fill_rollout(algo, rng)
     batch, _ = algo._prepare()  # actions, old log-probs and inputs as the update sees them (M depends on no value)
     before = [{k: v.clone() for k, v in a.state_dict().items()} for a in algo.actors]
     metrics = list(algo.update(env_steps=0))[0]

@@ -102,6 +102,18 @@ def make(algo_name, info, **overrides):
     return cls(info, cfg["params"], cfg["run"], torch.device("cpu"), 0)
 
 
+def fill_rollout(algo, rng) -> None:
+    """Act on random time steps until the algorithm's rollout storage is full."""
+    carry = algo.initial_carry(E)
+    ts = fake_ts(rng, algo.env_info, first=np.ones(E, bool))
+    while not algo.buffer.full:
+        actions, carry = algo.act(ts, carry, training=True)
+        ts_next = fake_ts(rng, algo.env_info)
+        ts_next = ts_next._replace(first=ts_next.terminated | ts_next.truncated)
+        algo.observe(ts, actions, ts_next)
+        ts = ts_next
+
+
 def fake_ts(rng, info, first=None, done=None):
     n_act = info.n_actions
     avail = rng.random((E, N, n_act)) < 0.5
@@ -153,14 +165,7 @@ def test_replaying_the_rollout_in_chunks_reproduces_the_acting_log_probs(algo_na
     torch.manual_seed(0)
     rng = np.random.default_rng(2)
     algo = make(algo_name, info(), recurrent="true")
-    carry = algo.initial_carry(E)
-    ts = fake_ts(rng, algo.env_info, first=np.ones(E, bool))
-    while not algo.buffer.full:
-        actions, carry = algo.act(ts, carry, training=True)
-        ts_next = fake_ts(rng, algo.env_info)
-        ts_next = ts_next._replace(first=ts_next.terminated | ts_next.truncated)
-        algo.observe(ts, actions, ts_next)
-        ts = ts_next
+    fill_rollout(algo, rng)
     batch, _ = algo._prepare()
     from baselines.common.networks import log_prob_entropy
     everything = torch.arange(batch["x"].shape[1])
