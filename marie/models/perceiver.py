@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from marie.models.dropout import Dropout, attention, attention_weights
 
 
 class _Attention(nn.Module):
@@ -30,15 +31,15 @@ class _Attention(nn.Module):
         q = self.to_q(x).view(B, Q, self.heads, self.dim_head).transpose(1, 2)
         k, v = self.to_kv(context).view(B, S, 2, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
         if self.record:
-            self.last_weights = ((q @ k.transpose(-1, -2)) * self.dim_head ** -0.5).softmax(-1).detach()
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+            self.last_weights = attention_weights(q, k).detach()
+        y = attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(B, Q, -1))
 
 
 class _FeedForward(nn.Sequential):
     def __init__(self, dim: int, mult: int, dropout: float):
         super().__init__(nn.LayerNorm(dim), nn.Linear(dim, mult * dim), nn.GELU(), nn.Linear(mult * dim, dim),
-                         nn.Dropout(dropout))
+                         Dropout(dropout))
 
 
 class Perceiver(nn.Module):
@@ -48,16 +49,16 @@ class Perceiver(nn.Module):
         super().__init__()
         self.input_pos = nn.Parameter(torch.randn(input_len, input_dim) * 0.02)  # which agent, which token
         self.latents = nn.Parameter(torch.randn(n_latents, latent_dim) * 0.02)
-        self.embed_drop = nn.Dropout(embed_dropout)
+        self.embed_drop = Dropout(embed_dropout)
         self.cross_ln_q = nn.LayerNorm(latent_dim)
         self.cross_ln_kv = nn.LayerNorm(input_dim)
         self.cross = _Attention(latent_dim, input_dim, cross_heads, dim_head, attn_dropout)
-        self.cross_drop = nn.Dropout(resid_dropout)
+        self.cross_drop = Dropout(resid_dropout)
         self.cross_ff = _FeedForward(latent_dim, 4, resid_dropout)
         self.self_ln = nn.ModuleList(nn.LayerNorm(latent_dim) for _ in range(layers))
         self.self_attn = nn.ModuleList(_Attention(latent_dim, latent_dim, heads, dim_head, attn_dropout)
                                        for _ in range(layers))
-        self.self_drop = nn.Dropout(resid_dropout)
+        self.self_drop = Dropout(resid_dropout)
         self.self_ff = nn.ModuleList(_FeedForward(latent_dim, 4, resid_dropout) for _ in range(layers))
         self.out = nn.Sequential(nn.LayerNorm(latent_dim), nn.Linear(latent_dim, out_dim))
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from marie.models.dropout import Dropout, attention, attention_weights
 
 
 class KVCache:
@@ -34,7 +35,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attn_dropout = attn_dropout
-        self.resid_drop = nn.Dropout(resid_dropout)
+        self.resid_drop = Dropout(resid_dropout)
         self.record = False       # analysis: keep the attention weights of the last call
         self.last_weights = None  # [B, heads, T, T_total]
 
@@ -57,20 +58,11 @@ class SelfAttention(nn.Module):
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
         dropout = self.attn_dropout if self.training else 0.0
         if self.record:
-            self.last_weights = _attention_weights(q, k, mask, causal).detach()
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
+            self.last_weights = attention_weights(q, k, mask, causal).detach()
+        y = attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_drop(self.proj(y))
 
-
-def _attention_weights(q, k, mask, causal):
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    T, S = q.shape[-2], k.shape[-2]
-    if causal:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(-1)
 
 
 class Block(nn.Module):
@@ -79,7 +71,7 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads, attn_dropout, resid_dropout)
         self.ln2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(resid_dropout))
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Dropout(resid_dropout))
 
     def forward(self, x, cache=None, layer=0):
         x = x + self.attn(self.ln1(x), cache, layer)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from marie.models.dropout import Dropout
 from marie.models.perceiver import Perceiver
 from marie.models.transformer import KVCache, Transformer, init_gpt_weights
 
@@ -48,7 +49,7 @@ class WorldModel(nn.Module):
         self.obs_emb = nn.Embedding(obs_vocab, D)
         self.act_emb = nn.Embedding(act_vocab, D)
         self.pos_emb = nn.Embedding(self.max_tokens, D)
-        self.embed_drop = nn.Dropout(cfg["embed_dropout"])
+        self.embed_drop = Dropout(cfg["embed_dropout"])
         self.transformer = Transformer(D, cfg["layers"], cfg["heads"], cfg["attn_dropout"], cfg["resid_dropout"])
         self.obs_head = _head(D, obs_vocab)
         self.reward_head = _head(D, 1)
