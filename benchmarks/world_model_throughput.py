@@ -17,6 +17,10 @@ torch.cuda.max_memory_allocated.
            sampling included (no PPO)
   kv       imagination with the KV cache against recomputing the whole context for every generated
            token, on --kv-rollouts starts (recomputation is too slow for the full batch on a CPU)
+  floor    what this machine can do at best for both: the Transformer's matmul FLOPs at the measured
+           GEMM rate (same shapes), plus, for imagination, the KV-cache bytes that full-context decoding
+           must read at the measured memory bandwidth. Attention, heads, Perceiver, tokenizer, dropout
+           and sampling are left out, so real times must be above these.
 """
 from __future__ import annotations
 
@@ -104,6 +108,9 @@ def measure(a) -> dict:
         out.update(step_s=float(np.median(times)), steps_s_all=[round(x, 3) for x in times], segments=B,
                    sequences_per_s=B / float(np.median(times)), agent_sequences_per_s=B * N / float(np.median(times)),
                    tokens_per_sequence=agent.world_model.max_tokens, microbatch=p["training"]["wm_microbatch"])
+    elif a.only == "floor":
+        before = _rss_mb()
+        out.update(floor(agent, p, a))
     elif a.only in ("imagine", "kv"):
         from marie.imagination import imagine
         R = p["imagination"]["rollouts"] if a.only == "imagine" else a.kv_rollouts
@@ -149,6 +156,44 @@ def measure(a) -> dict:
     return out
 
 
+def _rate(f, flops_or_bytes, repeats=5):
+    f()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        f()
+    return flops_or_bytes * repeats / (time.perf_counter() - t)
+
+
+def floor(agent, p, a) -> dict:
+    """Lower bounds from measured GEMM and memory rates (see the module docstring)."""
+    wm, dev, dt = agent.world_model, torch.device(a.device), agent.dtype
+    D, L = wm.transformer.dim, wm.transformer.n_layers
+    T = wm.max_tokens                                        # tokens per stream (sequence or imagination)
+    macs_per_token = L * 12 * D * D                          # qkv 3D^2 + proj D^2 + MLP 8D^2 per layer
+
+    def gemm_rate(rows):                                     # the two Transformer GEMM shapes, forward
+        x, w1 = torch.randn(rows, D, device=dev, dtype=dt), torch.randn(4 * D, D, device=dev, dtype=dt)
+        h, w2 = torch.randn(rows, 4 * D, device=dev, dtype=dt), torch.randn(D, 4 * D, device=dev, dtype=dt)
+        return _rate(lambda: (x @ w1.t(), h @ w2.t(), _sync(a.device)), 2 * 2 * rows * D * 4 * D)
+
+    tr, ic = p["training"], p["imagination"]
+    micro = tr["wm_microbatch"] or tr["wm_batch"]
+    wm_rows = micro * wm.S * T
+    wm_flops = 3 * 2 * macs_per_token * tr["wm_batch"] * wm.S * T   # forward + backward (2x)
+    streams = ic["rollouts"] * wm.S
+    chunk_streams = (ic["chunk"] or ic["rollouts"]) * wm.S
+    im_flops = 2 * macs_per_token * streams * T
+    kv_bytes = streams * L * 2 * D * torch.finfo(dt).bits // 8 * T * (T + 1) // 2   # every token reads its context
+    big = torch.ones(256 * 2**20 // 4, device=dev, dtype=torch.float32)
+    bandwidth = _rate(lambda: (big.sum(), _sync(a.device)), big.numel() * 4)
+    g_wm, g_im = gemm_rate(wm_rows), gemm_rate(min(chunk_streams, 4096))
+    return {"gemm_gflops_train": g_wm / 1e9, "gemm_gflops_imagine": g_im / 1e9, "read_gb_s": bandwidth / 1e9,
+            "wm_tflop": wm_flops / 1e12, "wm_floor_s": wm_flops / g_wm,
+            "imagine_tflop": im_flops / 1e12, "imagine_kv_read_gb": kv_bytes / 1e9,
+            "imagine_floor_s": im_flops / g_im + kv_bytes / bandwidth,
+            "kv_cache_gb_per_chunk": chunk_streams * L * 2 * D * T * torch.finfo(dt).bits / 8 / 1e9}
+
+
 def _recomputing(wm):
     """A view of the world model whose `_feed` re-runs the Transformer over the whole context every call."""
     import copy
@@ -179,7 +224,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", choices=["wm", "imagine", "kv"], default=None)
+    ap.add_argument("--only", choices=["wm", "imagine", "kv", "floor"], default=None)
     ap.add_argument("--chunk", type=int, default=None, help="override params.imagination.chunk")
     ap.add_argument("--microbatch", type=int, default=None, help="override params.training.wm_microbatch")
     ap.add_argument("--rollouts", type=int, default=None, help="override the imagination batch")
@@ -191,7 +236,7 @@ def main(argv=None):
         print(json.dumps(measure(a)), flush=True)
         return
     rows = []
-    for what in ("wm", "imagine", "kv"):
+    for what in ("floor", "wm", "imagine", "kv"):
         cmd = [sys.executable, __file__, "--only", what] + [x for x in (argv or sys.argv[1:])]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
@@ -211,6 +256,12 @@ def main(argv=None):
         elif r["what"] == "imagine":
             print(f"imagination: {r['imagine_s']:.2f} s for {r['rollouts']} x {r['agents']} x H={r['horizon']} "
                   f"({r['agent_steps_per_s']:.0f} imagined agent-steps/s), peak {r['peak_mb']:.0f} MB")
+        elif r["what"] == "floor":
+            print(f"floor: GEMM {r['gemm_gflops_train']:.0f} / {r['gemm_gflops_imagine']:.0f} GFLOP/s (training / "
+                  f"imagination shapes), memory read {r['read_gb_s']:.1f} GB/s -> world-model step >= "
+                  f"{r['wm_floor_s']:.1f} s ({r['wm_tflop']:.2f} TFLOP), imagination >= {r['imagine_floor_s']:.0f} s "
+                  f"({r['imagine_tflop']:.2f} TFLOP + {r['imagine_kv_read_gb']:.0f} GB of KV reads; "
+                  f"KV cache {r['kv_cache_gb_per_chunk']:.2f} GB per chunk)")
         else:
             print(f"KV cache vs recomputation ({r['rollouts']} rollouts, H={r['horizon']}): {r['kv_s']:.2f} s vs "
                   f"{r['recompute_s']:.2f} s, speed-up x{r['speedup']:.1f} (same samples: {r['same_samples']})")

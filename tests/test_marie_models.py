@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from marie.imagination import imagine
+from marie.models.dropout import attention, dropout, keep_mask
 from marie.models.actor_critic import Actor, Critic, log_prob_entropy, policy_input, sample_actions
 from marie.models.perceiver import Perceiver
 from marie.models.tokenizer import BinsTokenizer, VQTokenizer
@@ -119,6 +120,43 @@ def test_causal_masking_no_information_from_the_future():
     assert torch.allclose(a["last"][:, :2], b["last"][:, :2], atol=1e-6)      # steps 0 and 1 unaffected
     assert torch.allclose(a["obs"][:, :2], b["obs"][:, :2], atol=1e-6)
     assert not torch.allclose(a["last"][:, 2], b["last"][:, 2])               # step 2 sees its own tokens
+
+
+def test_causal_masking_holds_with_training_dropout():
+    """Training mode takes the explicit attention path (attention dropout on CPU); same seed, same masks."""
+    wm = make_wm().train()
+    batch = random_batch()
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["obs_tokens"][:, 2] = (changed["obs_tokens"][:, 2] + 1) % V
+    torch.manual_seed(5)
+    a = wm.forward_sequence(batch["obs_tokens"], batch["actions"])
+    torch.manual_seed(5)
+    b = wm.forward_sequence(changed["obs_tokens"], changed["actions"])
+    assert torch.allclose(a["last"][:, :2], b["last"][:, :2], atol=1e-6)
+    assert not torch.allclose(a["last"][:, 2], b["last"][:, 2])
+
+
+def test_cheap_dropout_rate_scale_and_gradient():
+    torch.manual_seed(0)
+    for p in (0.1, 0.5):
+        keep = keep_mask((1000, 1000), p, "cpu")
+        assert abs(keep.float().mean().item() - (1 - p)) < 2e-3
+    x = torch.rand(2000, 500, requires_grad=True)
+    y = dropout(x, 0.1, True)
+    y.sum().backward()
+    dropped = y == 0
+    assert torch.allclose(y[~dropped], x[~dropped] / 0.9)
+    assert torch.all(x.grad[dropped] == 0) and torch.allclose(x.grad[~dropped], torch.full_like(x.grad[~dropped], 1 / 0.9))
+    assert abs(y.mean().item() - x.mean().item()) < 3e-3
+    assert dropout(x, 0.1, False) is x
+
+
+def test_explicit_dropout_attention_matches_fused_attention_without_drops():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 7, 8), torch.randn(3, 2, 7, 8), torch.randn(3, 2, 7, 8)
+    fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    explicit = attention(q, k, v, is_causal=True, dropout_p=1e-7)   # rounds to "keep everything"
+    assert torch.allclose(explicit, fused, atol=1e-5)
 
 
 def test_unavailable_actions_are_never_sampled():
