@@ -11,7 +11,9 @@ Each row is one observation the agents saw and what led into it:
 An episode that ends adds its final observation (TimeStep.next_obs) as a row of its own, so nothing
 the transition reached is lost to the environment's auto-reset.
 
-(MARIE's marie/replay.py did not exist when this was written; merge later.)
+Why not marie/replay.py: that buffer stores transitions of all environments in lockstep (one global
+time), while here an episode's final observation is a row of its own, so each environment's stream
+advances at its own pace. Folding one into the other would need per-stream clocks there.
 """
 from __future__ import annotations
 
