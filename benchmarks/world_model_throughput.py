@@ -187,7 +187,14 @@ def floor(agent, p, a) -> dict:
     streams = ic["rollouts"] * wm.S
     chunk_streams = (ic["chunk"] or ic["rollouts"]) * wm.S
     im_flops = 2 * macs_per_token * streams * T
-    kv_bytes = streams * L * 2 * D * torch.finfo(dt).bits // 8 * T * (T + 1) // 2   # every token reads its context
+    # every decoding call reads the whole cache so far: the start call, then per step one call of the step's
+    # remaining tokens [x_K, a, e] and K-1 single-token calls
+    ctx, positions_read = wm.Ko - 1, wm.Ko - 1
+    for _ in range(wm.horizon):
+        for new_tokens in [wm.tps - (wm.Ko - 1)] + [1] * (wm.Ko - 1):
+            ctx += new_tokens
+            positions_read += ctx
+    kv_bytes = streams * L * 2 * D * torch.finfo(dt).bits // 8 * positions_read
     big = torch.ones(256 * 2**20 // 4, device=dev, dtype=torch.float32)
     bandwidth = _rate(lambda: (big.sum(), _sync(a.device)), big.numel() * 4)
     g_wm, g_im = gemm_rate(wm_rows), gemm_rate(min(chunk_streams, 4096))
