@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
 import subprocess
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-
 
 import paper_figures
 from analysis.items import Item, Settings, build
@@ -146,7 +146,6 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
     coll = collect(plan)
     registry = paper_figures.registry()
     if not items and (out / "items").is_dir():  # a full rebuild: no stale figures from an older plan
-        import shutil
         shutil.rmtree(out / "items")
     built: list[Item] = []
     for name, spec in registry.items():

@@ -174,6 +174,7 @@ def floor(agent, p, a) -> dict:
     D, L = wm.transformer.dim, wm.transformer.n_layers
     T = wm.max_tokens                                        # tokens per stream (sequence or imagination)
     macs_per_token = L * 12 * D * D                          # qkv 3D^2 + proj D^2 + MLP 8D^2 per layer
+    kv_bytes_per_position = L * 2 * D * torch.finfo(dt).bits // 8   # keys and values of every layer
 
     def gemm_rate(rows):                                     # the two Transformer GEMM shapes, forward
         x, w1 = torch.randn(rows, D, device=dev, dtype=dt), torch.randn(4 * D, D, device=dev, dtype=dt)
@@ -194,7 +195,7 @@ def floor(agent, p, a) -> dict:
         for new_tokens in [wm.tps - (wm.Ko - 1)] + [1] * (wm.Ko - 1):
             ctx += new_tokens
             positions_read += ctx
-    kv_bytes = streams * L * 2 * D * torch.finfo(dt).bits // 8 * positions_read
+    kv_bytes = streams * kv_bytes_per_position * positions_read
     big = torch.ones(256 * 2**20 // 4, device=dev, dtype=torch.float32)
     bandwidth = _rate(lambda: (big.sum(), _sync(a.device)), big.numel() * 4)
     g_wm, g_im = gemm_rate(wm_rows), gemm_rate(min(chunk_streams, 4096))
@@ -202,7 +203,7 @@ def floor(agent, p, a) -> dict:
             "wm_tflop": wm_flops / 1e12, "wm_floor_s": wm_flops / g_wm,
             "imagine_tflop": im_flops / 1e12, "imagine_kv_read_gb": kv_bytes / 1e9,
             "imagine_floor_s": im_flops / g_im + kv_bytes / bandwidth,
-            "kv_cache_gb_per_chunk": chunk_streams * L * 2 * D * T * torch.finfo(dt).bits / 8 / 1e9}
+            "kv_cache_gb_per_chunk": chunk_streams * kv_bytes_per_position * T / 1e9}
 
 
 def _recomputing(wm):

@@ -26,9 +26,8 @@ Subclasses provide the mixer (`build_mixer`) and may feed it more inputs (`mixer
 """
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import copy
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
