@@ -71,6 +71,19 @@ def preset_names(preset_file: Path) -> list[str]:
     return sorted((load_yaml(preset_file).get("presets") or {}).keys())
 
 
+def preset_descriptions(preset_file: Path) -> dict[str, str]:
+    """Preset name -> its `description` (with the preset it inherits from), in file order."""
+    presets = load_yaml(preset_file).get("presets") or {}
+    out = {}
+    for name, block in presets.items():
+        block = block or {}
+        text = str(block.get("description") or "").strip()
+        if block.get("inherit"):
+            text = f"{text} (inherits {block['inherit']})".strip()
+        out[name] = text
+    return out
+
+
 def resolve_config(*, algo: str, preset_file: Path, preset: str, env: str, map_name: str, seed: int,
                    steps: int, overrides: list[str] | None = None) -> dict:
     """Build the fully resolved configuration of one run."""
@@ -115,33 +128,54 @@ def _flat_keys(d: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def parse_value(raw: str) -> Any:
+    """A `--set` value as users write it: YAML (true, [1, 2], {a: 1}, null), and numbers as Python reads
+    them (YAML 1.1 reads `1e-4` as a string)."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):
+        for number in (int, float):
+            try:
+                return number(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _unknown_key(cfg: dict, key: str, where: dict | None = None) -> UserError:
+    known = _flat_keys(cfg["params"], "params.") + _flat_keys(cfg["run"], "run.")
+    if key.split(".", 1)[0] not in ("run", "params"):  # a bare key: suggest bare keys
+        known = [k.split(".", 1)[1] for k in known]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    here = f"; valid keys here: {', '.join(sorted(where))}" if where and not close else ""
+    return UserError(f"unknown --set key '{key}'{hint}{here}; keys live under run.* and params.* "
+                     f"(`marie run ... --dry-run` prints them all)")
+
+
 def apply_override(cfg: dict, item: str) -> None:
-    """Apply one `key=value` (value parsed as YAML). `key` is a dotted path under run/params;
+    """Apply one `key=value` (see parse_value). `key` is a dotted path under run/params;
     a bare key is looked up in params first, then run. Unknown keys and wrong types are errors."""
     if "=" not in item:
         raise UserError(f"--set expects key=value, got '{item}'")
     key, raw = item.split("=", 1)
     key = key.strip()
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
+    value = parse_value(raw)
     path = key.split(".")
     if path[0] not in ("run", "params"):
         candidates = [p for p in ("params", "run") if _has_path(cfg[p], path)]
         if not candidates:
-            known = _flat_keys(cfg["params"], "params.") + _flat_keys(cfg["run"], "run.")
-            close = difflib.get_close_matches(key, known + [k.split(".", 1)[1] for k in known], n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UserError(f"unknown --set key '{key}'{hint}; keys live under run.* and params.* (see the run's config.yaml)")
+            raise _unknown_key(cfg, key)
         path = [candidates[0]] + path
     node = cfg
     for part in path[:-1]:
         if not isinstance(node.get(part), dict):
-            raise UserError(f"unknown --set key '{key}'")
+            raise _unknown_key(cfg, key)
         node = node[part]
     if path[-1] not in node:
-        raise UserError(f"unknown --set key '{key}'; valid keys here: {', '.join(sorted(node))}")
+        raise _unknown_key(cfg, key, node)
     old = node[path[-1]]
     if isinstance(old, dict) or not _type_ok(old, value):
         raise UserError(f"--set {key}: expected a value of type {type(old).__name__} (current {old!r}), got {raw!r}")
