@@ -50,8 +50,12 @@ class Algorithm(ABC):
         return None
 
     @abstractmethod
-    def act(self, ts: TimeStep, carry: Any, training: bool) -> tuple[np.ndarray, Any]:
-        """Actions for every environment and agent: [E, N] int (discrete) or [E, N, A] float."""
+    def act(self, ts: TimeStep, carry: Any, training: bool, greedy: bool = True) -> tuple[np.ndarray, Any]:
+        """Actions for every environment and agent: [E, N] int (discrete) or [E, N, A] float.
+
+        training: explore as the algorithm trains. Otherwise evaluation: the most likely action where
+        greedy is true, else sampled from the policy (value-based methods: epsilon-greedy at the current
+        epsilon). The runtime evaluates every evaluation point in both modes."""
 
     def observe(self, ts: TimeStep, actions: np.ndarray, ts_next: TimeStep) -> None:
         """One transition of every training environment."""

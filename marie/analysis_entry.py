@@ -72,7 +72,7 @@ def play_episodes(agent, config, episodes: int, seed: int) -> list[dict]:
     length = np.zeros(episodes, int)
     with torch.no_grad():
         while not finished.all():
-            actions, carry = agent.act(ts, carry, training=False)
+            actions, carry = agent.act(ts, carry, training=False, greedy=not config["run"].get("eval_sample"))
             nxt = env.step(actions)
             acts.append(np.asarray(actions))
             obs.append(np.asarray(nxt.next_obs))

@@ -129,7 +129,7 @@ class MARIEAgent(Algorithm):
         return torch.as_tensor(x if x.flags.writeable else x.copy(), device=self.device, dtype=dtype or self.dtype)
 
     @torch.no_grad()
-    def act(self, ts, carry, training):
+    def act(self, ts, carry, training, greedy=True):
         first = self._tensor(ts.first, torch.bool)
         keep = (~first).view(-1, 1, 1, 1).to(self.dtype)
         self.tokenizer.eval()
@@ -140,7 +140,7 @@ class MARIEAgent(Algorithm):
                             else None, self.obs_cfg["agent_id"])
         avail = None if self.continuous else self._tensor(ts.avail, torch.bool)
         logits = self.actor(feat, avail)
-        greedy = not training and not self.run.get("eval_sample", False)
+        greedy = greedy and not training
         a = sample_actions(logits, greedy)                                    # [E, N, m]
         carry = {"stack": stack, "last": a}
         if self.continuous:

@@ -18,7 +18,7 @@ class RandomPolicy(Algorithm):
         super().__init__(env_info, params, run, device, seed)
         self.rng = np.random.default_rng(seed)
 
-    def act(self, ts, carry, training):
+    def act(self, ts, carry, training, greedy=True):  # uniform in both modes
         if self.env_info.continuous:
             low, high = np.array(self.env_info.action_low), np.array(self.env_info.action_high)
             return self.rng.uniform(low, high, size=ts.avail.shape).astype(np.float32), carry

@@ -1,8 +1,11 @@
-"""The run directory (a contract, see DESIGN.md): config.yaml, meta.json, eval.csv, train.csv, checkpoint/.
+"""The run directory (a contract, see docs/design.md): config.yaml, meta.json, eval.csv, eval_episodes.csv,
+train.csv, checkpoint/ (state.pt and previous.pt), run.log (appended to by the workflow, one block per attempt).
 
 Every file is written atomically (write to a temporary file in the same folder, fsync, rename), so a
 killed run never leaves a half-written file that looks complete. train.csv is appended to for speed;
 a resume truncates it to the rows its checkpoint knew about, so resumed logs equal uninterrupted ones.
+Two checkpoints are kept: a latest one that cannot be read (a full disk, a half-copied file) falls back
+to the one before it.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -22,7 +26,12 @@ from marie.errors import UserError
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-EVAL_COLUMNS = ["env_steps", "win_rate", "return_mean", "return_std", "episodes", "length_mean", "wall_s"]
+# eval.csv: one row per evaluation point. win_rate .. length_mean are those of the protocol's action mode
+# (eval_mode, from run.eval_sample); both modes are always measured, in their own columns.
+EVAL_COLUMNS = ["env_steps", "win_rate", "return_mean", "return_std", "episodes", "length_mean", "wall_s",
+                "eval_mode", "win_rate_greedy", "return_mean_greedy", "win_rate_sampled", "return_mean_sampled"]
+# eval_episodes.csv: one row per evaluation episode and action mode (won is empty where an env has no win).
+EVAL_EPISODE_COLUMNS = ["env_steps", "mode", "episode", "won", "return", "length"]
 
 
 def default_run_dir(root: str | Path, env: str, map_name: str, algo: str, seed: int) -> Path:
@@ -73,9 +82,13 @@ class RunDir:
         self.config_file = self.path / "config.yaml"
         self.meta_file = self.path / "meta.json"
         self.eval_file = self.path / "eval.csv"
+        self.eval_episodes_file = self.path / "eval_episodes.csv"
         self.train_file = self.path / "train.csv"
         self.checkpoint_dir = self.path / "checkpoint"
         self.checkpoint_file = self.checkpoint_dir / "state.pt"
+        self.previous_checkpoint_file = self.checkpoint_dir / "previous.pt"
+        self.log_file = self.path / "run.log"   # appended to by the workflow, one block per attempt
+        self.checkpoint_note = ""                # set by load_checkpoint when it fell back to previous.pt
         self.analysis_dir = self.path / "analysis"
 
     # -- configuration ---------------------------------------------------------------------------
@@ -113,7 +126,8 @@ class RunDir:
         return meta
 
     # -- logs ------------------------------------------------------------------------------------
-    def write_eval(self, rows: list[dict]) -> None:
+    def write_eval(self, rows: list[dict], episode_rows: list[dict]) -> None:
+        atomic_write_text(self.eval_episodes_file, rows_to_csv(EVAL_EPISODE_COLUMNS, episode_rows))
         atomic_write_text(self.eval_file, rows_to_csv(EVAL_COLUMNS, rows))
 
     def append_train(self, rows: list[dict], columns: list[str]) -> None:
@@ -144,16 +158,31 @@ class RunDir:
 
     # -- checkpoint ------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict) -> None:
+        """Write the new checkpoint; the one it replaces becomes previous.pt."""
+        if self.checkpoint_file.exists():
+            os.replace(self.checkpoint_file, self.previous_checkpoint_file)
         atomic_torch_save(state, self.checkpoint_file)
 
     def load_checkpoint(self) -> dict | None:
-        if not self.checkpoint_file.exists():
-            return None
-        try:
-            return torch.load(self.checkpoint_file, map_location="cpu", weights_only=False)
-        except Exception as exc:  # truncated or corrupt: never resume from it silently
-            raise UserError(f"checkpoint {self.checkpoint_file} is corrupt or truncated ({type(exc).__name__}); "
-                            f"delete it to start the run afresh") from None
+        """The latest readable checkpoint (None if there is none); a corrupt latest one falls back to
+        previous.pt, saying so on stderr and in `checkpoint_note`."""
+        problems = []
+        for path in (self.checkpoint_file, self.previous_checkpoint_file):
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:  # truncated or corrupt: never resume from it
+                problems.append(f"{path.name} is corrupt or truncated ({type(exc).__name__})")
+                continue
+            if problems:
+                self.checkpoint_note = f"{problems[0]}; resumed from {path.name}"
+                print(f"{self.path}: {self.checkpoint_note}", file=sys.stderr)
+            return state
+        if problems:
+            raise UserError(f"{self.checkpoint_dir}: no readable checkpoint ({'; '.join(problems)}); "
+                            f"delete {self.checkpoint_dir} to start the run afresh")
+        return None
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:

@@ -1,7 +1,7 @@
 """The run/evaluation runtime every algorithm shares: the loop, evaluation, logs, checkpoints, resume.
 
 `prepare(...)` validates everything and resolves the configuration before any work starts;
-`Runner(config, out).train()` runs (or resumes) it and keeps the run-directory contract of DESIGN.md.
+`Runner(config, out).train()` runs (or resumes) it and keeps the run-directory contract of docs/design.md.
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def prepare(*, algo: str, env: str, map_name: str, seed: int, steps: int, preset
     for key in ("eval_every", "eval_episodes", "num_envs"):
         if not isinstance(run[key], int) or run[key] <= 0:
             raise UserError(f"run.{key} must be a positive integer, got {run[key]!r}")
-    if run["eval_every"] > steps:
-        raise UserError(f"eval_every ({run['eval_every']}) is larger than --steps ({steps}): no evaluation would "
-                        f"happen; lower it with --set run.eval_every=N")
+    if not isinstance(run["eval_sample"], bool):
+        raise UserError(f"run.eval_sample must be true (sampled evaluation actions) or false (greedy), got "
+                        f"{run['eval_sample']!r}")
     if run["progress"] not in ("auto", "always", "never"):
         raise UserError(f"run.progress must be auto, always or never, got {run['progress']!r}")
     device = str(run["device"])
@@ -142,34 +142,59 @@ class Runner:
         self.algo: Algorithm = cls(self.env.info, self.config["params"], self.run, self.device, self.seed)
 
     # -- evaluation --------------------------------------------------------------------------------
-    def evaluate(self, env_steps: int) -> dict:
-        """One episode on each evaluation environment, seeded by the evaluation index; steps not counted."""
+    def _episodes(self, greedy: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One episode on each evaluation environment, seeded by the evaluation index: both action modes
+        of one evaluation point play the same starting states."""
         env, n = self.eval_env, self.run["eval_episodes"]
         ts = env.reset(seed=10_000_019 * (self.seed + 1) + self.eval_index)
         carry = self.algo.initial_carry(n)
         finished = np.zeros(n, bool)
-        won, ret, length = np.zeros(n, bool), np.zeros(n), np.zeros(n)
+        won, ret, length = np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int64)
         with torch.no_grad():
             while not finished.all():
-                actions, carry = self.algo.act(ts, carry, training=False)
+                actions, carry = self.algo.act(ts, carry, training=False, greedy=greedy)
                 ts = env.step(actions)
                 new = ts.done & ~finished
                 won[new], ret[new], length[new] = ts.won[new], ts.episode_return[new], ts.episode_length[new]
                 finished |= ts.done
+        return won, ret, length
+
+    def evaluate(self, env_steps: int) -> dict:
+        """Evaluate in both action modes (the protocol's first); steps are not counted toward the budget."""
+        has_win = self.eval_env.info.has_win
+        protocol = "sampled" if self.run["eval_sample"] else "greedy"
+        row = {"env_steps": env_steps, "episodes": self.run["eval_episodes"], "eval_mode": protocol}
+        for mode in (protocol, "greedy" if protocol == "sampled" else "sampled"):
+            won, ret, length = self._episodes(greedy=mode == "greedy")
+            row[f"win_rate_{mode}"] = float(won.mean()) if has_win else None
+            row[f"return_mean_{mode}"] = float(ret.mean())
+            if mode == protocol:
+                row.update(win_rate=row[f"win_rate_{mode}"], return_mean=row[f"return_mean_{mode}"],
+                           return_std=float(ret.std()), length_mean=float(length.mean()))
+            self.eval_episode_rows += [
+                {"env_steps": env_steps, "mode": mode, "episode": i, "won": int(won[i]) if has_win else None,
+                 "return": float(ret[i]), "length": int(length[i])} for i in range(len(ret))]
         self.eval_index += 1
-        return {"env_steps": env_steps, "win_rate": float(won.mean()) if env.info.has_win else None,
-                "return_mean": float(ret.mean()), "return_std": float(ret.std()), "episodes": n,
-                "length_mean": float(length.mean()), "wall_s": round(self._wall(), 3)}
+        row["wall_s"] = round(self._wall(), 3)
+        return row
 
     def _wall(self) -> float:
         return self.wall_before + time.perf_counter() - self.t_start
+
+    def _cpu(self) -> float:
+        """Process CPU seconds (all threads), cumulative over resumes: the cost of the run on a CPU."""
+        return self.cpu_before + time.process_time() - self.cpu_start
+
+    def _progress_meta(self) -> dict:
+        return {"env_steps": self.env_steps, "counters": self.env.counters, "wall_s": round(self._wall(), 3),
+                "cpu_s": round(self._cpu(), 3)}
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _checkpoint(self) -> None:
         self.rundir.save_checkpoint({
             "version": CHECKPOINT_VERSION, "config": self.config, "env_steps": self.env_steps,
             "next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint, "eval_index": self.eval_index,
-            "eval_rows": self.eval_rows, "train_rows": self.train_rows, "train_columns": self.train_columns,
+            "eval_rows": self.eval_rows, "eval_episode_rows": self.eval_episode_rows, "cpu_s": self._cpu(), "train_rows": self.train_rows, "train_columns": self.train_columns,
             "updates": self.updates, "wall_s": self._wall(), "algo": self.algo.state_dict(),
             "env": self.env.get_state(), "ts": self.ts._asdict(), "carry": self.carry, "rng": _rng_state(),
         })
@@ -188,9 +213,10 @@ class Runner:
         for key in ("env_steps", "next_eval", "next_checkpoint", "eval_index", "eval_rows", "train_rows",
                     "train_columns", "updates"):
             setattr(self, key, ck[key])
-        self.wall_before = ck["wall_s"]
+        self.wall_before, self.cpu_before = ck["wall_s"], ck.get("cpu_s", 0.0)
+        self.eval_episode_rows = ck.get("eval_episode_rows", [])
         self.rundir.truncate_train(self.train_rows)
-        self.rundir.write_eval(self.eval_rows)
+        self.rundir.write_eval(self.eval_rows, self.eval_episode_rows)
         _set_rng_state(ck["rng"])
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -204,19 +230,20 @@ class Runner:
         self.rundir.path.mkdir(parents=True, exist_ok=True)
         self.rundir.write_config(self.config)
         self.t_start, self.wall_before = time.perf_counter(), 0.0
+        self.cpu_start, self.cpu_before = time.process_time(), 0.0
         every = self.run["checkpoint_every"] or self.run["eval_every"]
         if checkpoint is not None:
             self._restore(checkpoint)
             resumes = meta.get("resume_count", 0) + 1
         else:
             self.env_steps, self.eval_index, self.updates = 0, 0, 0
-            self.eval_rows, self.train_rows, self.train_columns = [], 0, None
+            self.eval_rows, self.eval_episode_rows, self.train_rows, self.train_columns = [], [], 0, None
             self.next_eval = 0 if self.run["eval_at_start"] else self.run["eval_every"]
             self.next_checkpoint = every
             self.ts = self.env.reset(seed=self.seed)
             self.carry = self.algo.initial_carry(self.run["num_envs"])
             resumes = 0
-            for stale in (self.rundir.train_file, self.rundir.eval_file):  # from a run killed before its first checkpoint
+            for stale in (self.rundir.train_file, self.rundir.eval_file, self.rundir.eval_episodes_file):  # from a run killed before its first checkpoint
                 if stale.exists():
                     stale.unlink()
         meta = {
@@ -227,21 +254,22 @@ class Runner:
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
             "host": platform.node(), "start_time": meta.get("start_time", _now()), "end_time": None,
             "status": "running", "message": "", "resume_count": resumes, "env_steps": self.env_steps,
-            "counters": self.env.counters,
+            "counters": self.env.counters, "wall_s": round(self.wall_before, 3), "cpu_s": round(self.cpu_before, 3),
+            "eval_protocol": {"episodes": self.run["eval_episodes"], "every": self.run["eval_every"],
+                              "mode": "sampled" if self.run["eval_sample"] else "greedy", "at_start": self.run["eval_at_start"],
+                              "at_end": True},
         }
         self.rundir.write_meta(meta)
         try:
             self._loop(every)
         except BaseException as exc:
             message = str(exc) if isinstance(exc, NonFiniteLoss) else f"{type(exc).__name__}: {exc}"
-            self.rundir.update_meta(status="failed", message=message, end_time=_now(), env_steps=self.env_steps,
-                                    counters=self.env.counters)
+            self.rundir.update_meta(status="failed", message=message, end_time=_now(), **self._progress_meta())
             raise
         finally:
             self.env.close()
             self.eval_env.close()
-        return self.rundir.update_meta(status="completed", end_time=_now(), env_steps=self.env_steps,
-                                       counters=self.env.counters, wall_s=round(self._wall(), 3))
+        return self.rundir.update_meta(status="completed", end_time=_now(), **self._progress_meta())
 
     def _show_progress(self) -> bool:
         mode = self.run["progress"]
@@ -259,14 +287,14 @@ class Runner:
                     self._flush_train(pending)
                     row = self.evaluate(self.env_steps)
                     self.eval_rows.append(row)
-                    self.rundir.write_eval(self.eval_rows)
+                    self.rundir.write_eval(self.eval_rows, self.eval_episode_rows)
                     bar.set_postfix(win=row["win_rate"], ret=f"{row['return_mean']:.2f}")
                 while self.next_eval <= self.env_steps:
                     self.next_eval += self.run["eval_every"]
             if self.env_steps >= self.next_checkpoint or self.env_steps >= self.steps:
                 self._flush_train(pending)
                 self._checkpoint()
-                self.rundir.update_meta(env_steps=self.env_steps, counters=self.env.counters)
+                self.rundir.update_meta(**self._progress_meta())
                 while self.next_checkpoint <= self.env_steps:
                     self.next_checkpoint += every
             if self.env_steps >= self.steps:

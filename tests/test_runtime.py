@@ -50,6 +50,42 @@ def test_random_run_writes_the_run_directory(tmp_path):
     assert json.loads((out / "meta.json").read_text())["resume_count"] == 0
 
 
+class GreedyIsFirstAction(Algorithm):
+    """Evaluation tells the modes apart: greedy plays the first available action, sampled a random one."""
+    preset_file = CONFIG_DIR / "random.yaml"
+
+    def act(self, ts, carry, training, greedy=True):
+        if greedy and not training:
+            return ts.avail.argmax(-1), carry
+        return algorithm.masked_uniform_actions(ts.avail, np.random.default_rng(len(ts.first))), carry
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_every_evaluation_records_both_modes_and_every_episode(tmp_path, monkeypatch, sample):
+    """eval_every beyond the budget still evaluates at 0 and at the end; eval.csv's protocol columns are the
+    per-episode means of its mode in eval_episodes.csv, and the other mode has its own columns."""
+    monkeypatch.setitem(algorithm.ALGORITHMS, "greedyfirst", f"{__name__}:GreedyIsFirstAction")
+    out = tmp_path / "e"
+    config, rundir = prepare(algo="greedyfirst", env="smax", map_name="3m", seed=0, steps=300, preset="smoke",
+                             overrides=["run.eval_every=1000", f"run.eval_sample={str(sample).lower()}"], out=out)
+    Runner(config, rundir).train()
+    df, episodes = read_eval(out), pd.read_csv(out / "eval_episodes.csv")
+    assert df["env_steps"].tolist() == [0, 300]
+    protocol, other = ("sampled", "greedy") if sample else ("greedy", "sampled")
+    assert (df["eval_mode"] == protocol).all()
+    assert len(episodes) == 2 * 2 * 4 and set(episodes["mode"]) == {"greedy", "sampled"}
+    means = episodes.groupby(["env_steps", "mode"])[["won", "return"]].mean()
+    for _, row in df.iterrows():
+        for mode in ("greedy", "sampled"):
+            won, ret = means.loc[(row["env_steps"], mode)]
+            assert row[f"win_rate_{mode}"] == pytest.approx(won) and row[f"return_mean_{mode}"] == pytest.approx(ret)
+        assert row["return_mean"] == row[f"return_mean_{protocol}"] and row["win_rate"] == row[f"win_rate_{protocol}"]
+    by_mode = {m: g[["return", "length"]].to_numpy() for m, g in episodes.groupby("mode")}
+    assert not np.array_equal(by_mode["greedy"], by_mode["sampled"])  # the two modes really played differently
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["eval_protocol"]["mode"] == protocol and meta["cpu_s"] > 0 and meta["wall_s"] > 0
+
+
 def test_mamujoco_random_run_reports_return(tmp_path):
     out = tmp_path / "m"
     assert run_cli("--algo", "random", "--env", "mamujoco", "--map", "HalfCheetah-2x3", "--steps", "400",
@@ -67,7 +103,6 @@ BAD_INPUTS = [
     (["--algo", "random", "--map", "3m", "--steps", "0"], "--steps must be a positive integer"),
     (["--algo", "random", "--map", "3m", "--steps", "-5"], "--steps must be a positive integer"),
     (["--algo", "random", "--map", "3m", "--steps", "100", "--seed", "-1"], "--seed must be a non-negative"),
-    (["--algo", "random", "--map", "3m", "--steps", "100", "--set", "run.eval_every=500"], "eval_every (500) is larger"),
     (["--algo", "random", "--map", "3m", "--steps", "1000", "--set", "run.no_such_key=1"], "unknown --set key"),
     (["--algo", "random", "--map", "3m", "--steps", "1000", "--set", "run.eval_every=fast"], "expected a value of type int"),
     (["--algo", "random", "--map", "3m", "--steps", "1000", "--preset", "huge"], "unknown preset 'huge'"),
@@ -157,7 +192,7 @@ class ExplodingAlgorithm(Algorithm):
         super().__init__(env_info, params, run, device, seed)
         self.n = 0
 
-    def act(self, ts, carry, training):
+    def act(self, ts, carry, training, greedy=True):
         return ts.avail.argmax(-1), carry
 
     def update(self, env_steps):

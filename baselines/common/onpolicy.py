@@ -216,7 +216,7 @@ class OnPolicyAlgorithm(Algorithm):
         return {"h": torch.zeros(num_envs, self.N, self.H, dtype=self.dtype),
                 "frames": torch.zeros(num_envs, self.N, self.stack, self.env_info.obs_dim, dtype=self.dtype)}
 
-    def act(self, ts: TimeStep, carry: dict, training: bool):
+    def act(self, ts: TimeStep, carry: dict, training: bool, greedy: bool = True):
         keep = torch.as_tensor(~ts.first, dtype=self.dtype)  # zero the carry where an episode starts
         h = carry["h"] * keep[:, None, None]
         obs = torch.tensor(ts.obs, dtype=self.dtype)
@@ -227,7 +227,7 @@ class OnPolicyAlgorithm(Algorithm):
         avail = torch.tensor(ts.avail, device=self.device)
         with torch.no_grad():
             out, log_std, h_next = self._actor_step(x.to(self.device), h.to(self.device))
-            sample = training or self.run["eval_sample"]
+            sample = training or not greedy
             if self.continuous:
                 action = out + log_std.exp() * torch.randn_like(out) if sample else out
             elif sample:

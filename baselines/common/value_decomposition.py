@@ -160,7 +160,7 @@ class ValueDecompositionLearner(Algorithm):
             parts.append(eye.expand(*obs.shape[:-1], self.n_agents))
         return torch.cat(parts, -1)
 
-    def act(self, ts, carry, training):
+    def act(self, ts, carry, training, greedy=True):
         E, N = ts.obs.shape[:2]
         first = np.asarray(ts.first, bool)
         h = carry["h"].to(self.device)
@@ -176,10 +176,10 @@ class ValueDecompositionLearner(Algorithm):
             inputs = self.agent_inputs(obs, onehot).reshape(E * N, 1, -1)
             q, hidden = self.agent(inputs, h.reshape(E * N, -1))
             avail = torch.tensor(ts.avail, device=self.device, dtype=torch.bool)
-            greedy = masked_greedy(q.reshape(E, N, -1), avail).cpu().numpy()
-        actions = greedy
-        if training or self.run.get("eval_sample"):
-            actions = self.epsilon_greedy(greedy, np.asarray(ts.avail, bool), self.epsilon())
+            best = masked_greedy(q.reshape(E, N, -1), avail).cpu().numpy()
+        actions = best
+        if training or not greedy:  # sampled evaluation: epsilon-greedy at the current epsilon
+            actions = self.epsilon_greedy(best, np.asarray(ts.avail, bool), self.epsilon())
         return actions, {"h": hidden.reshape(E, N, -1), "last_action": actions.astype(np.int64)}
 
     def epsilon_greedy(self, greedy: np.ndarray, avail: np.ndarray, epsilon: float) -> np.ndarray:

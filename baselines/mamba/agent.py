@@ -58,7 +58,7 @@ class MAMBA(Algorithm):
                 "action": np.zeros((num_envs, self.N), np.int64)}
 
     @torch.no_grad()
-    def act(self, ts, carry, training):
+    def act(self, ts, carry, training, greedy=True):
         dev, dt = self.device, self.dtype
         keep = torch.from_numpy(~ts.first).to(dev, dt)[:, None, None]
         state = RSSMState(torch.from_numpy(carry["deter"]).to(dev, dt) * keep,
@@ -69,7 +69,7 @@ class MAMBA(Algorithm):
         with self.autocast():
             state, _, _ = self.model.obs_step(state, prev, self.model.encoder(obs))
             logits = policy_logits(self.actor, state.feat(), avail)
-        action = sample_actions(logits, greedy=not (training or self.run.get("eval_sample"))).cpu().numpy()
+        action = sample_actions(logits, greedy=greedy and not training).cpu().numpy()
         return action, {"deter": state.deter.float().cpu().numpy(), "stoch": state.stoch.float().cpu().numpy(),
                         "action": action}
 
