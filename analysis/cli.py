@@ -2,6 +2,7 @@
 
     python -m analysis report   --plan results/workflow/plan.json --out results/report [--target T] [--reps N]
     python -m analysis report   --runs results/runs --out results/report      # any run dirs, no workflow
+    python -m analysis report   --runs results/runs --out R --reference paper_figures/reproduced/small
     python -m analysis collect  --plan PLAN --out DIR       # tidy.csv, runs.csv, problems.csv; prints problems
     python -m analysis item     --plan PLAN --item table1 --out DIR            # one table/figure
     python -m analysis marl-eval --plan PLAN --experiment smac --out FILE.json
@@ -69,7 +70,7 @@ def cmd_report(args) -> int:
     from analysis.report import build_report
     plan = _plan(args)
     res = build_report(plan, args.out, target=args.target, settings=_settings(args, plan),
-                       items=args.items.split(",") if args.items else None)
+                       items=args.items.split(",") if args.items else None, reference=args.reference)
     coll = res["collection"]
     print(f"report: {res['index']} ({int(coll.runs['complete'].sum())}/{len(coll.runs)} runs complete, "
           f"{len(coll.problems)} problems)")
@@ -125,6 +126,9 @@ def main(argv=None) -> int:
     r.add_argument("--target", default="report")
     r.add_argument("--items", help="comma-separated registry items (default: all)")
     r.add_argument("--reps", type=int, help="bootstrap repetitions (default: the plan's analysis.bootstrap_reps)")
+    r.add_argument("--reference", help="a folder of reference run directories (e.g. a committed reproduction under "
+                                       "paper_figures/reproduced/<tier>/): Table 1 shows them beside yours "
+                                       "(default: none)")
     r.set_defaults(func=cmd_report)
     c = sub.add_parser("collect", help="tidy table and validation")
     source(c)
@@ -147,4 +151,9 @@ def main(argv=None) -> int:
     d.add_argument("--out", required=True)
     d.set_defaults(func=cmd_mark_done)
     args = p.parse_args(argv)
-    return args.func(args)
+    from marie.errors import UserError
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"analysis: error: {str(exc).removeprefix('analysis: ')}", file=sys.stderr)
+        return 2

@@ -14,6 +14,7 @@ import pandas as pd
 
 import paper_figures
 from analysis import plots, stats
+from analysis.describe import caption
 from analysis.load import Collection
 from analysis.tables import comparison, final_scores
 
@@ -27,6 +28,7 @@ class Item:
     status: str = "empty"                    # ok | partial | empty | unavailable | not-in-plan
     files: list[str] = field(default_factory=list)
     markdown: str = ""                       # tables rendered in Markdown (for the report)
+    caption: list[str] = field(default_factory=list)   # what is shown: setting, protocol, budget, backend
     html: str = ""
     notes: list[str] = field(default_factory=list)
     runs: int = 0
@@ -61,7 +63,9 @@ def _experiment_names(spec: dict) -> list[str]:
     return names
 
 
-def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings) -> Item:
+def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings,
+          reference: Collection | None = None) -> Item:
+    """reference: a reference reproduction's runs (`report --reference DIR`): Table 1 shows them beside ours."""
     item = Item(name=name, title=spec.get("title", name), kind=spec["kind"], target=spec.get("target", ""))
     if spec.get("note"):
         item.notes.append(spec["note"])
@@ -75,7 +79,10 @@ def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings
         return item
     builder = {"table": _table, "curves": _curves, "aggregates": _aggregates, "improvement": _improvement,
                "marl_eval": _marl_eval}[spec["kind"]]
-    builder(item, spec, coll, out / name, settings)
+    if spec["kind"] == "table":
+        _table(item, spec, coll, out / name, settings, reference)
+    else:
+        builder(item, spec, coll, out / name, settings)
     for e in exps:
         if e in coll.plan.get("experiments", {}):
             kinds = coll.experiment(e).problems["kind"].value_counts()
@@ -86,11 +93,25 @@ def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings
 
 
 # -- tables ---------------------------------------------------------------------------------------------
-def _table(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+def _used(coll: Collection, keys) -> pd.DataFrame:
+    """The rows of coll.runs behind an item (for its caption)."""
+    return coll.runs[coll.runs["key"].isin(set(keys))]
+
+
+def _approximations(coll: Collection, env: str, maps: list[str]) -> dict[str, str]:
+    """map -> note, for the maps that are approximations on this backend (marie/envs/maps.yaml)."""
+    from marie.envs.registry import all_maps
+    reg = all_maps()
+    return {m: reg[m].support(env).get("note", "") for m in maps
+            if m in reg and reg[m].status(env) == "approximation"}
+
+
+def _table(item: Item, spec: dict, coll: Collection, out: Path, s: Settings,
+           reference: Collection | None = None) -> None:
     rows = list(spec.get("rows", ["map"]))
     value, scale = spec.get("value", "win_rate"), float(spec.get("scale", 100))
     cols = spec["columns"]
-    parts, refs, labels = [], [], []
+    parts, refs, labels, repro = [], [], [], None
     if isinstance(cols, list):                                   # explicit columns (Table 11)
         for c in cols:
             if c["experiment"] not in coll.plan["experiments"]:
@@ -117,6 +138,9 @@ def _table(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> 
         if cols == "methods":                                     # one column per method (Table 1)
             sc = sc[sc["variant"] == sc["method"]].assign(column=lambda d: d["method"])
             labels = [v for v, d in variants.items() if v == d["method"]]
+            if reference is not None and exp in reference.plan["experiments"]:
+                rsc = final_scores(reference.experiment(exp))
+                repro = rsc[rsc["variant"] == rsc["method"]].assign(column=lambda d: d["method"])
         else:                                                     # one column per variant label (Table 12)
             sc = sc.assign(column=sc["label"].astype(str))
             labels = list(dict.fromkeys(str(d["label"]) for d in variants.values()))
@@ -126,17 +150,37 @@ def _table(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> 
             refs.append(ref.assign(column=ref[spec["reference"]["column"]].astype(str)))
         exp_maps = coll.plan["experiments"][exp]["maps"]
     scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    reference = pd.concat(refs, ignore_index=True) if refs else None
-    if reference is not None:  # the reference only for the maps of this plan
-        reference = reference[reference["map"].isin(exp_maps)]
-    row_info = _row_info(coll, rows, exp_maps, scores, reference)
-    table = comparison(scores, reference, title=item.title, rows=rows, columns=labels, value=value, scale=scale,
+    paper = pd.concat(refs, ignore_index=True) if refs else None
+    if paper is not None:  # the paper's numbers only for the maps of this plan
+        paper = paper[paper["map"].isin(exp_maps)]
+    if repro is not None:
+        repro = repro[repro["map"].isin(exp_maps) & repro["column"].isin(labels)]
+    envs = sorted({coll.plan["experiments"][c["experiment"]]["env"] for c in cols
+                   if c["experiment"] in coll.plan["experiments"]} if isinstance(cols, list)
+                  else {coll.plan["experiments"][spec["experiment"]]["env"]})
+    approx = {m: n for env in envs for m, n in _approximations(coll, env, exp_maps).items()}
+    row_info = _row_info(coll, rows, exp_maps, scores, paper)
+    if rows == ["map"] and len(row_info):
+        row_info[f"on {'/'.join(envs)}"] = ["approximation †" if m in approx else "exact" for m in row_info["map"]]
+    item.caption = caption(_used(coll, scores["key"]) if len(scores) else coll.runs.iloc[0:0])
+    if repro is not None:
+        item.caption += caption(_used(reference, repro["key"]), whose="Reference reproduction "
+                                f"(`{reference.plan.get('root')}`, columns `(reference)`)")
+    if paper is not None and len(paper):
+        item.caption.append("Paper (columns `(paper)`): StarCraft II SMAC, each map's budget of the paper, 4 seeds.")
+    if approx:
+        item.caption.append("† approximation on this backend (`marie maps`): " + "; ".join(
+            f"{m}: {n}" for m, n in approx.items()))
+    item.caption.append("Bold: the highest mean of ours only where its mean ± std (over ≥ 2 seeds) is clear of "
+                        "every other column's; none otherwise.")
+    table = comparison(scores, paper, title=item.title, rows=rows, columns=labels, value=value, scale=scale,
                        ddof=s.ddof, fmt=spec.get("format", "{mean:.1f} ({std:.1f})"),
-                       expected_n=len(coll.plan.get("seeds", [])) or None, row_info=row_info)
+                       expected_n=len(coll.plan.get("seeds", [])) or None, row_info=row_info,
+                       note="\n".join(item.caption), reproduction=repro)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{item.name}.csv").write_text(table.to_csv())
     md = table.to_markdown()
-    (out / f"{item.name}.md").write_text(f"{item.title}\n\n{md}")
+    (out / f"{item.name}.md").write_text(f"{item.title}\n\n" + "".join(f"{c}\n\n" for c in item.caption) + md)
     (out / f"{item.name}.tex").write_text(table.to_latex())
     scores.to_csv(out / f"{item.name}_runs.csv", index=False)
     item.files += [str(out / f"{item.name}.{e}") for e in ("csv", "md", "tex")] + [str(out / f"{item.name}_runs.csv")]
@@ -190,10 +234,19 @@ def _curves(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) ->
     ref = None
     if spec.get("reference") and len(curves):
         ref = _official_curves(spec["reference"], curves, value, s)
+    paper_final = None
+    if spec.get("paper_final") and len(curves):  # the paper's final Table 1 value, where it has no curve
+        pf = paper_figures.reference(spec["paper_final"]["file"])
+        paper_final = pf.rename(columns={"method": "label"}).assign(mean=lambda d: d["mean"] / 100.0)
     out.mkdir(parents=True, exist_ok=True)
     labels = list(dict.fromkeys(d["label"] for d in coll.plan["experiments"][exp]["variants"].values()))
     files = plots.learning_curves(curves, out / item.name, group="label", x=x, maps=maps, order=labels,
-                                  ylabel=spec.get("ylabel", "win rate"), reference=ref, formats=s.formats)
+                                  ylabel=spec.get("ylabel", "win rate"), reference=ref, formats=s.formats,
+                                  ylim=(0, 1) if value == "win_rate" else None, paper_final=paper_final)
+    item.caption = caption(_used(sub, tidy["key"]))
+    if paper_final is not None:
+        item.caption.append("Stars: the paper's final Table 1 value of each method, at the paper's budget (at the "
+                            "panel's right edge where our runs are shorter; the panel then names the paper's budget).")
     curves.to_csv(out / f"{item.name}_curves.csv", index=False)
     files.append(str(out / f"{item.name}_curves.csv"))
     if ref is not None and len(ref):
@@ -241,6 +294,7 @@ def _aggregates(item: Item, spec: dict, coll: Collection, out: Path, s: Settings
     sc, order = _method_scores(coll, spec["experiment"])
     mats, tasks, notes = stats.score_matrices(sc, columns=order, value=spec.get("value", "win_rate"))
     item.notes += notes
+    item.caption = caption(_used(coll, sc["key"]))
     agg = stats.aggregate_intervals(mats, reps=s.reps, confidence=s.confidence)
     out.mkdir(parents=True, exist_ok=True)
     agg.to_csv(out / f"{item.name}.csv", index=False)
@@ -257,6 +311,7 @@ def _improvement(item: Item, spec: dict, coll: Collection, out: Path, s: Setting
     sc, order = _method_scores(coll, spec["experiment"])
     mats, tasks, notes = stats.score_matrices(sc, columns=order, value=spec.get("value", "win_rate"))
     item.notes += notes
+    item.caption = caption(_used(coll, sc["key"]))
     ref = spec.get("reference_method", s.reference_method)
     poi = stats.improvement(mats, ref, reps=s.reps, confidence=s.confidence)
     if ref not in mats:

@@ -14,17 +14,47 @@ import pandas as pd  # noqa: E402
 
 from analysis.stats import bootstrap_mean_ci  # noqa: E402
 
-PALETTE = ["#1f4e9c", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf",
-           "#bcbd22"]
+# One colour and one marker per method in every figure; labels that are no method (ablation variants) take
+# the other colours in order. A label such as "QMIX (official SMACv2)" takes its method's colour.
+METHOD_COLORS = {"MARIE": "#1f4e9c", "MAMBA": "#d62728", "MAPPO": "#2ca02c", "HAPPO": "#8c564b",
+                 "QMIX": "#ff7f0e", "QPLEX": "#9467bd", "MBVD": "#e377c2", "Random": "#7f7f7f"}
+METHOD_MARKERS = {"MARIE": "o", "MAMBA": "s", "MAPPO": "^", "HAPPO": "v", "QMIX": "D", "QPLEX": "P",
+                  "MBVD": "X", "Random": "x"}
+PALETTE = ["#17becf", "#bcbd22", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]
+MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*"]
+
+
+def method_of(label: str) -> str | None:
+    """The method a label names: itself, or its first word (`QMIX (official SMACv2)`, `MARIE-H8`)."""
+    label = str(label)
+    if label in METHOD_COLORS:
+        return label
+    head = label.replace("-", " ").split(" ")[0]
+    return head if head in METHOD_COLORS else None
 
 
 def _colors(labels: list[str], fixed: dict[str, str] | None = None) -> dict[str, str]:
     out, i = {}, 0
     for lab in labels:
+        m = method_of(lab)
         if fixed and lab in fixed:
             out[lab] = fixed[lab]
+        elif m is not None:
+            out[lab] = METHOD_COLORS[m]
         else:
             out[lab] = PALETTE[i % len(PALETTE)]
+            i += 1
+    return out
+
+
+def _markers(labels: list[str]) -> dict[str, str]:
+    out, i = {}, 0
+    for lab in labels:
+        m = method_of(lab)
+        if m is not None and lab == m:
+            out[lab] = METHOD_MARKERS[m]
+        else:
+            out[lab] = MARKERS[i % len(MARKERS)]
             i += 1
     return out
 
@@ -74,28 +104,40 @@ def curve_frame(tidy: pd.DataFrame, group: str, x: str, y: str, points: int, rep
                                                                                  "upper", "n"])
 
 
-def learning_curves(curves: pd.DataFrame, stem: Path, *, group: str, x: str = "env_steps", ylabel: str = "win rate",
-                    maps: list[str] | None = None, order: list[str] | None = None, title: str = "",
-                    reference: pd.DataFrame | None = None, formats=("png", "pdf"), xlabel: str | None = None,
-                    colors: dict[str, str] | None = None) -> list[str]:
-    """One panel per map; one line (+ CI band) per group; reference curves (dashed) where given."""
+def learning_curves(curves: pd.DataFrame, stem: Path, *, formats=("png", "pdf"), **kwargs) -> list[str]:
+    """Fig. 3-6, 10, 11 (see curves_figure), written to stem.<format>."""
+    fig = curves_figure(curves, **kwargs)
+    return save(fig, stem, formats) if fig is not None else []
+
+
+def curves_figure(curves: pd.DataFrame, *, group: str, x: str = "env_steps", ylabel: str = "win rate",
+                  maps: list[str] | None = None, order: list[str] | None = None, title: str = "",
+                  reference: pd.DataFrame | None = None, xlabel: str | None = None,
+                  colors: dict[str, str] | None = None, ylim: tuple | None = None,
+                  paper_final: pd.DataFrame | None = None):
+    """One panel per map; one line (+ CI band) per group, with its own marker at staggered points so that
+    identical curves stay apart; reference curves dashed; paper_final (map, group, mean, steps): the paper's
+    final value as a hollow marker at its budget, or at the panel's right edge where our runs are shorter."""
     maps = [m for m in (maps or list(dict.fromkeys(curves["map"]))) if m in set(curves["map"])] if len(curves) else []
     if not maps:
-        return []
+        return None
     labels = order or list(dict.fromkeys(curves[group]))
+    labels = labels + [lab for lab in dict.fromkeys(curves[group]) if lab not in labels]
     ref_labels = list(dict.fromkeys(reference[group])) if reference is not None and len(reference) else []
     cmap = _colors(labels + [r for r in ref_labels if r not in labels], colors)
+    marks = _markers(labels)
     ncol = min(4, len(maps))
     nrow = int(np.ceil(len(maps) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.0 * ncol, 3.1 * nrow), squeeze=False)
     for ax, m in zip(axes.flat, maps):
         sub = curves[curves["map"] == m]
-        for lab in labels:
+        present = [lab for lab in labels if len(sub[sub[group] == lab])]
+        for i, lab in enumerate(present):
             c = sub[sub[group] == lab]
-            if not len(c):
-                continue
-            ax.plot(c[x], c["mean"], color=cmap[lab], label=lab, lw=1.8)
-            ax.fill_between(c[x], c["lower"], c["upper"], color=cmap[lab], alpha=0.18, lw=0)
+            every = max(1, len(c) // 6)
+            ax.plot(c[x], c["mean"], color=cmap[lab], label=lab, lw=1.6, marker=marks[lab], ms=4.5, mfc="none",
+                    markevery=(int(i * every / max(1, len(present))), every), clip_on=False, zorder=3)
+            ax.fill_between(c[x], c["lower"], c["upper"], color=cmap[lab], alpha=0.15, lw=0)
         if reference is not None and len(reference):
             rsub = reference[reference["map"] == m]
             for lab in ref_labels:
@@ -103,7 +145,21 @@ def learning_curves(curves: pd.DataFrame, stem: Path, *, group: str, x: str = "e
                 if len(c):
                     ax.plot(c[x], c["mean"], color=cmap[lab], ls="--", lw=1.5, label=lab)
                     ax.fill_between(c[x], c["lower"], c["upper"], color=cmap[lab], alpha=0.08, lw=0)
-        ax.set_title(m, fontsize=10)
+        right = float(sub[x].max())
+        if paper_final is not None and len(paper_final):
+            psub = paper_final[(paper_final["map"] == m) & paper_final[group].isin(present)]
+            beyond = psub["steps"].max() > right * 1.001 if len(psub) else False
+            for r in psub.itertuples():
+                at = min(float(r.steps), right)
+                ax.plot([at], [r.mean], ls="none", marker="*", ms=11, mfc="none", mec=cmap[getattr(r, group)],
+                        mew=1.4, clip_on=False, zorder=4, label="paper's final value (Table 1)")
+            if beyond:
+                ax.annotate(f"paper: {int(psub['steps'].max()):,} steps", (1, 1), xycoords="axes fraction",
+                            ha="right", va="bottom", fontsize=6.5, color="#444")
+        ax.set_xlim(0, right if right > 0 else 1)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.set_title(m, fontsize=10, loc="left")
         ax.set_xlabel(xlabel or ("environment steps" if x == "env_steps" else "run time (s)"), fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
@@ -116,22 +172,27 @@ def learning_curves(curves: pd.DataFrame, stem: Path, *, group: str, x: str = "e
             if n not in names:
                 handles.append(h)
                 names.append(n)
-    fig.legend(handles, names, loc="lower center", ncol=min(6, len(names)), fontsize=8, frameon=False,
-               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(names) > 6)))
+    fig.legend(handles, names, loc="lower center", ncol=min(5, len(names)), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(names) > 5)))
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return save(fig, stem, formats)
+    fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(names) > 5), 1, 1))
+    return fig
 
 
-def interval_estimates(agg: pd.DataFrame, stem: Path, *, xlabel: str = "win rate", formats=("png", "pdf"),
-                       title: str = "") -> list[str]:
-    """Fig. 13: one panel per aggregate (Mean, Median, IQM), one CI bar per method."""
+def interval_estimates(agg: pd.DataFrame, stem: Path, *, formats=("png", "pdf"), **kwargs) -> list[str]:
+    fig = interval_figure(agg, **kwargs)
+    return save(fig, stem, formats) if fig is not None else []
+
+
+def interval_figure(agg: pd.DataFrame, *, xlabel: str = "win rate", xlim: tuple = (0, 1), title: str = ""):
+    """Fig. 13: one panel per aggregate (Mean, Median, IQM), one CI bar per method with its point estimate
+    as a marker (visible where the interval has no width or sits on the axis' edge)."""
     if not len(agg):
-        return []
+        return None
     aggs = list(dict.fromkeys(agg["aggregate"]))
     methods = list(dict.fromkeys(agg["method"]))
-    cmap = _colors(methods)
+    cmap, marks = _colors(methods), _markers(methods)
     fig, axes = plt.subplots(1, len(aggs), figsize=(3.2 * len(aggs), 0.45 * len(methods) + 1.2), squeeze=False)
     for ax, a in zip(axes[0], aggs):
         sub = agg[agg["aggregate"] == a].set_index("method")
@@ -139,38 +200,51 @@ def interval_estimates(agg: pd.DataFrame, stem: Path, *, xlabel: str = "win rate
             if m not in sub.index:
                 continue
             r = sub.loc[m]
-            ax.barh(i, r["upper"] - r["lower"], left=r["lower"], height=0.6, color=cmap[m], alpha=0.75)
-            ax.vlines(r["estimate"], i - 0.3, i + 0.3, color="k", lw=1.5)
+            ax.barh(i, max(r["upper"] - r["lower"], 0.0), left=r["lower"], height=0.6, color=cmap[m], alpha=0.45,
+                    clip_on=False)
+            ax.plot([r["lower"], r["upper"]], [i, i], color=cmap[m], lw=2, clip_on=False, zorder=3)
+            ax.plot([r["estimate"]], [i], marker=marks[m], color=cmap[m], mec="k", mew=0.8, ms=7, ls="none",
+                    clip_on=False, zorder=4)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(len(methods) - 0.5, -0.5)
         ax.set_yticks(range(len(methods)))
         ax.set_yticklabels(methods if a == aggs[0] else [], fontsize=8)
         ax.set_title(a, fontsize=10)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.grid(axis="x", alpha=0.3)
-        ax.invert_yaxis()
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return save(fig, stem, formats)
+    return fig
 
 
-def improvement_plot(poi: pd.DataFrame, stem: Path, *, formats=("png", "pdf"), title: str = "") -> list[str]:
-    """Fig. 14: P(reference > baseline) with its CI, one row per baseline."""
+def improvement_plot(poi: pd.DataFrame, stem: Path, *, formats=("png", "pdf"), **kwargs) -> list[str]:
+    fig = improvement_figure(poi, **kwargs)
+    return save(fig, stem, formats) if fig is not None else []
+
+
+def improvement_figure(poi: pd.DataFrame, *, title: str = ""):
+    """Fig. 14: P(reference > baseline) with its CI, one row per baseline, in the baseline's colour."""
     if not len(poi):
-        return []
+        return None
+    baselines = list(poi["baseline"])
+    cmap, marks = _colors(baselines), _markers(baselines)
     fig, ax = plt.subplots(figsize=(5, 0.5 * len(poi) + 1.2))
     for i, r in enumerate(poi.itertuples()):
-        ax.barh(i, r.upper - r.lower, left=r.lower, height=0.6, color=PALETTE[i % len(PALETTE)], alpha=0.75)
-        ax.vlines(r.probability, i - 0.3, i + 0.3, color="k", lw=1.5)
+        ax.barh(i, r.upper - r.lower, left=r.lower, height=0.6, color=cmap[r.baseline], alpha=0.45, clip_on=False)
+        ax.plot([r.lower, r.upper], [i, i], color=cmap[r.baseline], lw=2, clip_on=False, zorder=3)
+        ax.plot([r.probability], [i], marker=marks[r.baseline], color=cmap[r.baseline], mec="k", mew=0.8, ms=7,
+                ls="none", clip_on=False, zorder=4)
     ax.set_yticks(range(len(poi)))
     ax.set_yticklabels([f"{r.reference} vs {r.baseline}" for r in poi.itertuples()], fontsize=8)
     ax.axvline(0.5, color="gray", ls="--", lw=1)
     ax.set_xlim(0, 1)
+    ax.set_ylim(len(poi) - 0.5, -0.5)
     ax.set_xlabel("P(X > Y)", fontsize=9)
-    ax.invert_yaxis()
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return save(fig, stem, formats)
+    return fig
 
 
 def compounding_error(errors: pd.DataFrame, stem: Path, *, group: str = "method", formats=("png", "pdf"),

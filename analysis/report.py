@@ -15,8 +15,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import paper_figures
+from analysis.cost import cost_markdown, cost_table
+from analysis.describe import caption
 from analysis.items import Item, Settings, build
-from analysis.load import Collection, collect
+from analysis.load import Collection, collect, plan_from_scan
 
 
 def _git_commit() -> str:
@@ -121,10 +123,11 @@ class Page:
 
 
 def _inline(text: str) -> str:
-    """Escape, then the two Markdown marks we use: **bold** and `code`."""
+    """Escape, then the Markdown marks we use: **bold**, `code` and [text](link)."""
     import re
-    t = html.escape(text)
+    t = html.escape(text, quote=False)
     t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    t = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", lambda m: f"<a href='{html.escape(m[2])}'>{m[1]}</a>", t)
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
@@ -138,12 +141,35 @@ def _md_table_html(md: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _link(path, base: Path, text: str | None = None) -> str:
+    return f"[{text or Path(path).name}]({os.path.relpath(path, base)})" if path else "–"
+
+
+def _runs_table(coll: Collection, base: Path) -> str:
+    """Every run: status, steps run, cost, protocol, and links to its run directory and log."""
+    lines = ["| run | status | env steps run / budget | preset | evaluation | wall h | CPU h | device | directory | log |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    hours = lambda x: "–" if x is None or x != x else f"{float(x) / 3600:.3g}"
+    for r in coll.runs.itertuples():
+        if r.status == "missing":
+            continue
+        protocol = f"{r.eval_episodes or '?'} ep., {r.eval_mode or '?'}"
+        log = r.log if r.log and Path(r.log).exists() else None
+        lines.append(f"| {r.key} | {r.status} | {r.last_env_steps if r.last_env_steps is not None else '–'} / {r.budget} "
+                     f"| {r.preset} | {protocol} | {hours(r.wall_s)} | {hours(r.cpu_s)} | {r.device or '?'} "
+                     f"| {_link(r.rundir, base, 'run directory')} | {_link(log, base, 'log') if log else '–'} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def build_report(plan: dict, out: str | Path, target: str = "report", settings: Settings | None = None,
-                 items: list[str] | None = None) -> dict:
+                 items: list[str] | None = None, reference: str | Path | None = None) -> dict:
+    """reference: a folder of reference run directories (e.g. paper_figures/reproduced/<tier>/), shown in
+    Table 1 beside ours and the paper's; None: no reference."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or Settings.from_plan(plan)
     coll = collect(plan)
+    ref_coll = collect(plan_from_scan(reference)) if reference else None
     registry = paper_figures.registry()
     if not items and (out / "items").is_dir():  # a full rebuild: no stale figures from an older plan
         shutil.rmtree(out / "items")
@@ -151,7 +177,7 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
     for name, spec in registry.items():
         if items and name not in items:
             continue
-        built.append(build(name, spec, coll, out / "items", settings))
+        built.append(build(name, spec, coll, out / "items", settings, reference=ref_coll))
 
     runs_csv = coll.runs.drop(columns=["meta"]).assign(experiments=lambda d: d["experiments"].map(
         lambda e: ";".join(f"{k}={v}" for k, v in e.items())))
@@ -162,16 +188,25 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
 
     page = Page(f"MARIE reproduction report ({plan.get('name')})", out)
     n_complete = int(coll.runs["complete"].sum())
-    page.p(f"Target `{target}`. {len(coll.runs)} runs planned, {n_complete} complete, "
+    demo = plan.get("name") == "demo"
+    for line in caption(coll.runs[coll.runs["complete"]], whose="This report"):
+        page.p(line)
+    page.p(f"Target `{target}`{' (the all_smac pipeline at toy scale)' if demo else ''}. "
+           f"{len(coll.runs)} runs planned, {n_complete} complete, "
            f"{len(coll.problems)} problems (missing, unfinished, short or skipped runs, listed at the end). "
            f"Numbers are from the `{plan.get('backend')}` backend: see `marie maps` for how each map differs "
            f"from StarCraft II.")
+    if ref_coll is not None:
+        readme = Path(reference) / "README.md"
+        page.p(f"Reference reproduction: `{reference}` ({int(ref_coll.runs['complete'].sum())} complete runs), "
+               f"shown in Table 1 as the `(reference)` columns" + (f"; {_link(readme, out, 'its README')}."
+                                                                   if readme.exists() else "."))
     methods = plan.get("methods") or {}
     unregistered = [f"{m} (algo `{d['algo']}`)" for m, d in methods.items() if not d.get("registered")]
     if unregistered:
         page.p("Methods without a registered algorithm (their runs are missing): " + ", ".join(unregistered) + ".")
     page.h(2, "Provenance")
-    page.table("| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in provenance(coll)) + "\n")
+    page.table("| field | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in provenance(coll)) + "\n")
     page.links([str(out / "runs.csv"), str(out / "tidy.csv"), str(out / "problems.csv")])
 
     page.h(2, "Tables and figures")
@@ -182,7 +217,9 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
             continue
         page.h(3, f"{it.name}: {it.title}")
         status = {"ok": "", "empty": "**No complete runs yet.** ", "unavailable": "**Not available.** "}.get(it.status, "")
-        page.p(f"{status}Target `{it.target}`; {it.runs} run(s) used.")
+        for line in it.caption:
+            page.p(line)
+        page.p(f"{status}Target `{target if demo else it.target}`; {int(it.runs)} run(s) used.")
         page.table(it.markdown)
         for f in it.files:
             if f.endswith(".png"):
@@ -192,6 +229,16 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
     if not_in_plan:
         page.h(3, "Not part of this plan")
         page.ul(not_in_plan)
+
+    costs = cost_table(coll.runs)
+    costs.to_csv(out / "cost.csv", index=False)
+    page.h(2, "Cost")
+    page.p("Wall hours, CPU hours (process CPU time, cumulative over resumes) and GPU hours (wall hours of runs "
+           "on a cuda device) from each run's meta.json, per method and map, and for the whole grid.")
+    page.table(cost_markdown(costs))
+    page.links([str(out / "cost.csv")])
+    page.h(2, "Runs")
+    page.table(_runs_table(coll, out))
 
     page.h(2, "Missing runs")
     if len(coll.problems):

@@ -2,7 +2,9 @@
 
 final_scores():   one row per complete run: its last evaluation (at the run's budget).
 summarize():      mean, std and the number of seeds per table cell.
-comparison():     the table as data (long: rows x column x source ours|paper) and as text (CSV/Markdown/LaTeX).
+comparison():     the table as data (long: rows x column x source ours|reference|paper) and as text
+                  (CSV/Markdown/LaTeX); `reference` is a committed reference reproduction's runs.
+A cell is bold only where its mean is clear of every other column's by more than the seeds' spread.
 """
 from __future__ import annotations
 
@@ -62,8 +64,15 @@ class Table:
             text += f" [n={int(rec['n'])}]"
         return text
 
-    def wide(self, sources=("ours", "paper")) -> pd.DataFrame:
+    @property
+    def sources(self) -> tuple:
+        """ours, then a reference reproduction where there is one, then the paper."""
+        present = set(self.long["source"]) if len(self.long) else set()
+        return tuple(s for s in ("ours", "reference", "paper") if s == "ours" or s in present)
+
+    def wide(self, sources=None) -> pd.DataFrame:
         """One row per table row; for each column label, one text column per source."""
+        sources = sources or self.sources
         keys = self.long[self.rows].drop_duplicates() if len(self.long) else pd.DataFrame(columns=self.rows)
         if self.row_info is not None and len(self.row_info):  # the row order of row_info, then any others
             info = self.row_info[self.rows].drop_duplicates()
@@ -88,14 +97,18 @@ class Table:
         return pd.DataFrame(out)
 
     def best(self, wide_row: dict, source: str = "ours") -> set[str]:
-        """Column labels holding the row's maximum mean (for bold)."""
+        """The column to bold: the row's highest mean, only where it is outside the seeds' spread: its
+        mean - std is above every other column's mean + std, with at least 2 seeds in each (else none)."""
         k = tuple(wide_row[r] for r in self.rows)
-        vals = {c: rec["mean"] for (kk, c, s), rec in
-                ((key, r) for key, r in self._index().items()) if kk == k and s == source and not pd.isna(rec["mean"])}
-        if not vals:
+        recs = {c: rec for (kk, c, s), rec in self._index().items()
+                if kk == k and s == source and not pd.isna(rec["mean"])}
+        if len(recs) < 2:
             return set()
-        top = max(vals.values())
-        return {c for c, v in vals.items() if np.isclose(v, top)}
+        top = max(recs, key=lambda c: recs[c]["mean"])
+        std = lambda r: 0.0 if pd.isna(r["std"]) else float(r["std"])
+        enough = all(not pd.isna(r.get("n")) and r["n"] >= 2 for r in recs.values())
+        clear = all(recs[top]["mean"] - std(recs[top]) > r["mean"] + std(r) for c, r in recs.items() if c != top)
+        return {top} if enough and clear else set()
 
     def _index(self):
         return {(tuple(rec[r] for r in self.rows), rec["column"], rec["source"]): rec
@@ -116,7 +129,7 @@ class Table:
             cells = []
             for c in cols:
                 text = str(row[c])
-                if c.endswith(" (ours)") and c[: -len(" (ours)")] in best and len(best) < len(self.columns):
+                if c.endswith(" (ours)") and c[: -len(" (ours)")] in best:
                     text = f"**{text}**"
                 cells.append(text)
             lines.append("| " + " | ".join(cells) + " |")
@@ -126,14 +139,14 @@ class Table:
         wide = self.wide()
         cols = list(wide.columns)
         esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("±", r"$\pm$")
-        lines = [f"% {self.title}", r"\begin{tabular}{" + "l" * len(self.rows) + "r" * (len(cols) - len(self.rows)) + "}",
+        lines = [f"% {self.title}"] + [f"% {ln}" for ln in self.note.splitlines() if ln.strip()] + [r"\begin{tabular}{" + "l" * len(self.rows) + "r" * (len(cols) - len(self.rows)) + "}",
                  r"\toprule", " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
         for row in wide.to_dict("records"):
             best = self.best(row)
             cells = []
             for c in cols:
                 text = esc(row[c])
-                if c.endswith(" (ours)") and c[: -len(" (ours)")] in best and len(best) < len(self.columns):
+                if c.endswith(" (ours)") and c[: -len(" (ours)")] in best:
                     text = r"\textbf{" + text + "}"
                 cells.append(text)
             lines.append(" & ".join(cells) + r" \\")
@@ -144,13 +157,18 @@ class Table:
 def comparison(scores: pd.DataFrame, reference: pd.DataFrame | None, *, title: str, rows: list[str],
                columns: list[str], value: str = "win_rate", scale: float = 100.0, ddof: int = 0,
                fmt: str = "{mean:.1f} ({std:.1f})", expected_n: int | None = None,
-               row_info: pd.DataFrame | None = None, note: str = "") -> Table:
+               row_info: pd.DataFrame | None = None, note: str = "",
+               reproduction: pd.DataFrame | None = None) -> Table:
     """scores: final scores with a `column` field (the table column of each run) and the row keys.
-    reference: the paper's numbers with the same row keys, `column`, mean and std (already scaled)."""
+    reference: the paper's numbers with the same row keys, `column`, mean and std (already scaled).
+    reproduction: final scores of a reference reproduction's runs (like `scores`): source `reference`."""
     ours = summarize(scores, rows + ["column"], value=value, scale=scale, ddof=ddof) if len(scores) else \
         pd.DataFrame(columns=rows + ["column", "mean", "std", "n"])
     ours["source"] = "ours"
     parts = [ours]
+    if reproduction is not None and len(reproduction):
+        parts.append(summarize(reproduction, rows + ["column"], value=value, scale=scale, ddof=ddof)
+                     .assign(source="reference"))
     if reference is not None and len(reference):
         ref = reference[rows + ["column", "mean", "std"]].copy()
         ref["n"] = np.nan

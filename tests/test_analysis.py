@@ -166,7 +166,9 @@ def test_marl_eval_export_layout(synthetic, tmp_path):
     from analysis.export import marl_eval_json
     data, notes = marl_eval_json(collect(synthetic).experiment("smac"))
     run = data["smax"]["3m"]["MARIE"]["seed_0"]
-    assert run["step_0"] == {"step_count": 0, "win_rate": [0.0], "return": [0.0]}
-    assert run["step_2"]["step_count"] == BUDGET and run["absolute_metrics"]["win_rate"] == [1.0]
+    # old run directories (no eval_episodes.csv): one value per evaluation; the untrained one is left out
+    assert run["step_0"] == {"step_count": 500, "win_rate": [0.5], "return": [1.0]}
+    assert run["step_1"]["step_count"] == BUDGET and run["absolute_metrics"]["win_rate"] == [1.0]
+    assert "step_2" not in run and any("eval_episodes.csv" in n for n in notes)
     assert "seed_3" not in data["smax"]["8m"]["Random"]  # the missing run is not exported
     json.dumps(data)
