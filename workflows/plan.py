@@ -15,6 +15,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import math
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -182,6 +183,36 @@ class _Checker:
         return None
 
 
+STARTUP_MINUTES = 10   # added to every computed runtime: imports, SMAX compilation, the last evaluation
+
+
+def _for_preset(value: Any, preset: str, where: str) -> Any:
+    """A resource value, or a mapping preset -> value (`default` for the presets it does not name)."""
+    if not isinstance(value, dict):
+        return value
+    _need(preset in value or "default" in value, f"{where}: no value for preset '{preset}' and no `default` "
+                                                 f"(it has: {', '.join(value)})")
+    return value.get(preset, value.get("default"))
+
+
+def run_resources(default: dict, method: dict, preset: str, steps: int, max_runtime: Any, where: str) -> dict:
+    """Resources of one run: `default` updated by the method's entry, each value possibly per preset.
+    `runtime_per_100k` (minutes per 100k env steps, measured) gives the runtime, scaled by the run's budget,
+    unless the method's entry names `runtime` itself; `max_runtime` (the partition's limit) caps it: a run
+    that needs longer resumes from its checkpoint when resubmitted."""
+    res = {k: _for_preset(v, preset, f"{where}.{k}") for k, v in {**default, **method}.items()}
+    per_100k = res.pop("runtime_per_100k", None)
+    if per_100k is not None and "runtime" not in method:
+        _need(isinstance(per_100k, (int, float)) and per_100k > 0,
+              f"{where}.runtime_per_100k must be a positive number of minutes, got {per_100k!r}")
+        res["runtime"] = int(math.ceil(per_100k * steps / 100_000)) + STARTUP_MINUTES
+    if max_runtime is not None and "runtime" in res:
+        _need(isinstance(max_runtime, int) and max_runtime > 0,
+              f"workflow config: resources.max_runtime must be a positive number of minutes, got {max_runtime!r}")
+        res["runtime"] = min(int(res["runtime"]), max_runtime)
+    return res
+
+
 def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | None = None,
                check: bool = True) -> Plan:
     """Every run of every experiment (or of the demo), validated against the map registry and the algorithms.
@@ -276,9 +307,9 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
                 method = v["method"]
                 mcfg = methods_cfg[method]
                 preset = preset_override or mcfg.get("preset") or cfg.get("preset", "small")
-                res = dict(default_res)
-                if not demo:
-                    res.update((res_cfg.get("methods") or {}).get(method) or {})
+                method_res = {} if demo else dict((res_cfg.get("methods") or {}).get(method) or {})
+                res = run_resources(default_res, method_res, preset, budget, res_cfg.get("max_runtime"),
+                                    f"resources of {method}")
                 threads = int(res.pop("threads", 1))
                 overrides = _overrides(mcfg.get("set"), f"method '{method}'")
                 overrides += _overrides(v["set"], f"experiment '{exp_name}' variant '{vname}'")

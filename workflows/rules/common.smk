@@ -31,8 +31,11 @@ if str(config.get("announce", True)).lower() not in ("false", "0", "no", "off"):
 
 RUNS = {**PLAN.by_rundir(), **DEMO.by_rundir()}
 PLAN_FILES = {"main": f"{PLAN.root}/workflow/plan.json", "demo": f"{DEMO.root}/workflow/plan.json"}
-RESOURCE_DEFAULTS = {k: v for k, v in ((config.get("resources") or {}).get("default") or {}).items() if k != "threads"}
-RESOURCE_DEFAULTS.setdefault("gpu", 0)
+# Every resource key some planned run has (plus gpu), with the value of a run that lacks it.
+RESOURCE_DEFAULTS = {"gpu": 0}
+for _run in RUNS.values():
+    for _key, _value in _run.resources.items():
+        RESOURCE_DEFAULTS.setdefault(_key, 0 if isinstance(_value, (int, float)) else "")
 
 
 def planned_run(w):
@@ -44,6 +47,4 @@ def planned_run(w):
 
 
 def _resource(key):
-    default = RESOURCE_DEFAULTS[key]
-    empty = 0 if isinstance(default, (int, float)) else ""
-    return lambda w: planned_run(w).resources.get(key, empty)
+    return lambda w: planned_run(w).resources.get(key, RESOURCE_DEFAULTS[key])

@@ -4,7 +4,11 @@
 # the directory holds the checkpoint a killed run resumes from. The declared output is the marker
 # {rundir}/workflow.done, written after `marie run` exits 0 and meta.json says completed; running the
 # workflow again re-runs the job, and `marie run` resumes from checkpoint/ (or returns at once if the run
-# completed and only the marker is missing). Logs are appended to, so a resumed run keeps its history.
+# completed and only the marker is missing).
+#
+# Logs: Snakemake empties a rule's `log:` before every attempt, so {root}/logs/... holds the last attempt
+# only. Every attempt is also appended to {rundir}/run.log (with its start time, host and SLURM job id),
+# which keeps a resumed run's whole history.
 
 wildcard_constraints:
     env=r"[^/]+",
@@ -26,6 +30,8 @@ rule train:
         rundir=lambda w: planned_run(w).rundir,
         steps=lambda w: planned_run(w).steps,
     shell:
-        "echo \"[$(date -u +%FT%TZ)] {params.command}\" >> {log}; "
-        "{params.command} >> {log} 2>&1 && "
-        "python -m analysis mark-done --rundir {params.rundir} --steps {params.steps} --out {output.marker} >> {log} 2>&1"
+        "mkdir -p {params.rundir}; "
+        "( echo \"[$(date -u +%FT%TZ)] $(hostname) slurm_job=${{SLURM_JOB_ID:-none}}: {params.command}\"; "
+        "PYTHONUNBUFFERED=1 {params.command} && "
+        "python -m analysis mark-done --rundir {params.rundir} --steps {params.steps} --out {output.marker} "
+        ") 2>&1 | tee -a {params.rundir}/run.log > {log}"
