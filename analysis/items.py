@@ -172,7 +172,7 @@ def _table(item: Item, spec: dict, coll: Collection, out: Path, s: Settings,
         item.caption.append("† approximation on this backend (`marie maps`): " + "; ".join(
             f"{m}: {n}" for m, n in approx.items()))
     item.caption.append("Bold: the highest mean of ours only where its mean ± std (over ≥ 2 seeds) is clear of "
-                        "every other column's; none otherwise.")
+                        "every other column's mean ± std; none otherwise.")
     table = comparison(scores, paper, title=item.title, rows=rows, columns=labels, value=value, scale=scale,
                        ddof=s.ddof, fmt=spec.get("format", "{mean:.1f} ({std:.1f})"),
                        expected_n=len(coll.plan.get("seeds", [])) or None, row_info=row_info,

@@ -134,7 +134,7 @@ def curves_figure(curves: pd.DataFrame, *, group: str, x: str = "env_steps", yla
         present = [lab for lab in labels if len(sub[sub[group] == lab])]
         for i, lab in enumerate(present):
             c = sub[sub[group] == lab]
-            every = max(1, len(c) // 6)
+            every = max(len(present), len(c) // 6)
             ax.plot(c[x], c["mean"], color=cmap[lab], label=lab, lw=1.6, marker=marks[lab], ms=4.5, mfc="none",
                     markevery=(int(i * every / max(1, len(present))), every), clip_on=False, zorder=3)
             ax.fill_between(c[x], c["lower"], c["upper"], color=cmap[lab], alpha=0.15, lw=0)

@@ -106,7 +106,7 @@ class Table:
             return set()
         top = max(recs, key=lambda c: recs[c]["mean"])
         std = lambda r: 0.0 if pd.isna(r["std"]) else float(r["std"])
-        enough = all(not pd.isna(r.get("n")) and r["n"] >= 2 for r in recs.values())
+        enough = not pd.isna(recs[top].get("n")) and recs[top]["n"] >= 2
         clear = all(recs[top]["mean"] - std(recs[top]) > r["mean"] + std(r) for c, r in recs.items() if c != top)
         return {top} if enough and clear else set()
 
