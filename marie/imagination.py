@@ -30,24 +30,31 @@ def _ensure_one(avail: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def imagine(tokenizer, world_model, actor, start: dict, horizon: int, obs_cfg: dict, n_choices: int,
             chunk: int = 0, greedy: bool = False, record_tokens: bool = False,
-            forced_actions: torch.Tensor | None = None) -> dict:
+            forced_actions: torch.Tensor | None = None, recon_clamp: float | None = None) -> dict:
     """start: obs [B,N,O], stack [B,N,S-1,O] (previous reconstructed observations, zeros before the
     episode start), last [B,N,m] long (-1 = none), avail [B,N,A] bool or None.
     Returns time-major tensors: feats [H+1,B,N,F], actions [H,B,N,m], logp [H,B,N], avail [H,B,N,A] or
     None, reward [H,B,N], discount [H,B,N], recon [H+1,B,N,O] (and tokens [H+1,B,N,K] on request).
-    forced_actions [H,B,N,m]: follow these actions instead of the actor's (open-loop model evaluation)."""
+    forced_actions [H,B,N,m]: follow these actions instead of the actor's (open-loop model evaluation).
+    recon_clamp: clamp every reconstruction to [-c, c] (the official code does so on SMAC-like backends, whose
+    observations lie in [-1, 1]: a decoder's overshoot is not fed back to the policy and the critic)."""
     B = start["obs"].shape[0]
     if chunk and chunk < B:
         parts = [imagine(tokenizer, world_model, actor, {k: (v[i:i + chunk] if v is not None else None)
                                                          for k, v in start.items()},
                          horizon, obs_cfg, n_choices, 0, greedy, record_tokens,
-                         None if forced_actions is None else forced_actions[:, i:i + chunk])
+                         None if forced_actions is None else forced_actions[:, i:i + chunk], recon_clamp)
                  for i in range(0, B, chunk)]
         return {k: (torch.cat([p[k] for p in parts], 1) if parts[0][k] is not None else None) for k in parts[0]}
 
     wm = world_model
+
+    def decode(tok):
+        out = tokenizer.decode(tok)
+        return out if recon_clamp is None else out.clamp(-recon_clamp, recon_clamp)
+
     tokens = tokenizer.encode(start["obs"])                                   # [B,N,K]
-    recon = tokenizer.decode(tokens)
+    recon = decode(tokens)
     stack = torch.cat([start["stack"], recon.unsqueeze(2)], 2)
     last, avail = start["last"], start["avail"]
     use_last = obs_cfg["last_action"]
@@ -70,7 +77,7 @@ def imagine(tokenizer, world_model, actor, start: dict, horizon: int, obs_cfg: d
         feats.append(feat), actions.append(a), logps.append(logp), avails.append(avail)
         rewards.append(out["reward"]), discounts.append(out["discount"])
         tokens = wm.stream_tokens_to_agents(torch.stack(nxt, -1), B)
-        recon = tokenizer.decode(tokens)
+        recon = decode(tokens)
         stack = torch.cat([stack[:, :, 1:], recon.unsqueeze(2)], 2)
         if avail is not None and out["avail_logits"] is not None:
             avail = _ensure_one(out["avail_logits"] > 0, out["avail_logits"])

@@ -2,13 +2,16 @@
 
     act      the actor on VQ-reconstructed (stacked) observations; carry = stacked reconstructions + last action
     observe  transitions into the replay buffer
-    update   every `train_every` transitions (after `learning_starts`): train the tokenizer, then the world
-             model, then `policy_updates` rounds of imagination + PPO; yields one metric dict per round
+    update   every `train_every` transitions (after `learning_starts`) one training round: the tokenizer, then
+             (from round `world_model_from_round`) the world model, then (from round `policy_from_round`)
+             `policy_updates` rounds of imagination + PPO; yields one metric dict per round, with the
+             seconds each phase took (time_*_s)
 
 All numbers come from params (marie/configs/marie.yaml); docs/marie.md lists the reproduction decisions.
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -47,7 +50,8 @@ def validate_params(p: dict, n_agents: int) -> None:
                      "actor_critic.hidden", "actor_critic.layers", "actor_critic.critic_heads"):
             _positive_int(p, path)
         for path in ("training.tokenizer_steps", "training.wm_steps", "training.learning_starts",
-                     "imagination.chunk", "training.wm_microbatch"):
+                     "imagination.chunk", "training.wm_microbatch", "training.world_model_from_round",
+                     "training.policy_from_round"):
             _positive_int(p, path, allow_zero=True)
     except KeyError as exc:
         raise UserError(f"params: missing key {exc} (see marie/configs/marie.yaml)") from None
@@ -69,11 +73,20 @@ def validate_params(p: dict, n_agents: int) -> None:
             raise UserError(f"params.imagination.{key} must lie in [0, 1], got {p['imagination'][key]!r}")
     if p["training"]["buffer_size"] < p["training"]["train_every"]:
         raise UserError("params.training.buffer_size must be at least training.train_every")
+    clamp = p["imagination"]["recon_clamp"]
+    if clamp is not None and (isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or clamp <= 0):
+        raise UserError(f"params.imagination.recon_clamp must be a positive number or null, got {clamp!r}")
+    if not isinstance(p["imagination"]["continuation_weights"], bool):
+        raise UserError("params.imagination.continuation_weights must be true or false")
 
 
 class MARIEAgent(Algorithm):
     preset_file = CONFIG_DIR / "marie.yaml"
     action_spaces = ("discrete", "continuous")
+
+    @classmethod
+    def validate(cls, params, run, n_agents):
+        validate_params(params, n_agents)
 
     def __init__(self, env_info, params, run, device, seed):
         super().__init__(env_info, params, run, device, seed)
@@ -168,10 +181,19 @@ class MARIEAgent(Algorithm):
             return
         self.since_train = 0
         self.rounds += 1
-        metrics = {}
-        metrics.update(self.train_tokenizer(tr["tokenizer_steps"]))
-        metrics.update(self.train_world_model(tr["wm_steps"]))
-        metrics.update(self.train_behaviour(self.params["imagination"]["policy_updates"]))
+        metrics = {"round": self.rounds}
+        # The official code's staged warm-up: a world model trained on a junk tokenizer, or a policy trained
+        # in a junk world model, only learns to undo it later.
+        phases = [("tokenizer", lambda: self.train_tokenizer(tr["tokenizer_steps"]), 1),
+                  ("world_model", lambda: self.train_world_model(tr["wm_steps"]), tr["world_model_from_round"]),
+                  ("behaviour", lambda: self.train_behaviour(self.params["imagination"]["policy_updates"]),
+                   tr["policy_from_round"])]
+        for name, train, first_round in phases:
+            start = time.perf_counter()
+            if self.rounds >= first_round:
+                metrics.update(train())
+            if name != "behaviour":  # behaviour splits its own time into imagination and PPO
+                metrics[f"time_{name}_s"] = time.perf_counter() - start
         metrics["buffer_size"] = len(self.replay)
         yield metrics
 
@@ -248,8 +270,12 @@ class MARIEAgent(Algorithm):
         t = {k: torch.as_tensor(v, device=self.device) for k, v in data.items()}
         obs = t["obs"].to(self.dtype)                                           # [B, hist+1, N, O]
         mask = t["mask"]                                                        # [B, hist+1]
+        clamp = self._recon_clamp()
         with torch.no_grad():
-            prev = self.tokenizer.reconstruct(obs[:, :hist]) * mask[:, :hist, None, None].to(self.dtype)
+            prev = self.tokenizer.reconstruct(obs[:, :hist])
+            if clamp is not None:
+                prev = prev.clamp(-clamp, clamp)
+            prev = prev * mask[:, :hist, None, None].to(self.dtype)
         stack = prev[:, hist - (self.S - 1):].transpose(1, 2) if self.S > 1 else obs.new_zeros(
             obs.shape[0], self.N, 0, self.O)
         last = torch.full((obs.shape[0], self.N, self.m), -1, dtype=torch.long, device=self.device)
@@ -258,17 +284,26 @@ class MARIEAgent(Algorithm):
         return {"obs": obs[:, hist], "stack": stack.contiguous(), "last": last,
                 "avail": None if self.continuous else t["avail"][:, hist]}
 
+    def _recon_clamp(self) -> float | None:
+        """Only SMAC-like observations have a known range ([-1, 1]); continuous control's are unbounded."""
+        clamp = self.params["imagination"]["recon_clamp"]
+        return None if self.continuous or clamp is None else float(clamp)
+
     def train_behaviour(self, rounds: int) -> dict:
         ic = self.params["imagination"]
         logs = []
+        t_imagine = t_ppo = 0.0
         for _ in range(rounds):
             self.tokenizer.eval(), self.world_model.eval(), self.actor.eval()
+            start = time.perf_counter()
             with self.autocast():
                 traj = imagine(self.tokenizer, self.world_model, self.actor,
                                self.imagination_start(ic["rollouts"]), self.H, self.obs_cfg, self.n_choices,
-                               chunk=ic["chunk"])
+                               chunk=ic["chunk"], recon_clamp=self._recon_clamp())
+            middle = time.perf_counter()
             logs.append(self.ppo(traj))
-        return _mean_metrics(logs)
+            t_imagine, t_ppo = t_imagine + middle - start, t_ppo + time.perf_counter() - middle
+        return {**_mean_metrics(logs), "time_imagination_s": t_imagine, "time_ppo_s": t_ppo}
 
     def ppo(self, traj: dict) -> dict:
         ic, tr = self.params["imagination"], self.params["training"]
@@ -278,14 +313,21 @@ class MARIEAgent(Algorithm):
             values = self.critic(feats.flatten(0, 1)).view(H + 1, *feats.shape[1:3])   # [H+1, B, N]
             returns = lambda_returns(traj["reward"], traj["discount"], values, float(ic["lambda"]))
             adv = returns - values[:H]
+            if ic["continuation_weights"]:  # statistics over the steps the episode is still in, too
+                weights = continuation_weights(traj["discount"], float(ic["discount_label"]))
+                n = weights.sum().clamp(min=1)
+                mean = (adv * weights).sum() / n
+                std = (((adv - mean) ** 2 * weights).sum() / n).sqrt()
+            else:
+                weights, mean, std = torch.ones_like(adv), adv.mean(), adv.std()
             if ic["normalize_advantages"]:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                adv = (adv - mean) / (std + 1e-8)
         # samples: (t, rollout) pairs, each with all N agents (the critic attends over them)
         X = feats[:H].flatten(0, 1)
         act = traj["actions"].flatten(0, 1)
         old_logp = traj["logp"].flatten(0, 1)
         avail = traj["avail"].flatten(0, 1) if traj["avail"] is not None else None
-        ret, adv = returns.flatten(0, 1), adv.flatten(0, 1)
+        ret, adv, w = returns.flatten(0, 1), adv.flatten(0, 1), weights.flatten(0, 1)
         M = X.shape[0]
         mb = min(ic["ppo_minibatch"], M)
         self.actor.train(), self.critic.train()
@@ -296,12 +338,16 @@ class MARIEAgent(Algorithm):
                 idx = perm[i:i + mb]
                 logits = self.actor(X[idx], avail[idx] if avail is not None else None)
                 logp, ent = log_prob_entropy(logits, act[idx])
-                a_loss, m = ppo_clip_loss(logp, old_logp[idx], adv[idx], ent, ic["ppo_clip"], ic["entropy_coef"])
+                a_loss, m = ppo_clip_loss(logp, old_logp[idx], adv[idx], ent, ic["ppo_clip"], ic["entropy_coef"],
+                                          w[idx] if ic["continuation_weights"] else None)
                 self.actor_opt.zero_grad(set_to_none=True)
                 a_loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.actor.parameters(), tr["ac_grad_clip"])
                 self.actor_opt.step()
-                c_loss = F.mse_loss(self.critic(X[idx]), ret[idx])
+                if ic["continuation_weights"]:
+                    c_loss = ((self.critic(X[idx]) - ret[idx]) ** 2 * w[idx]).sum() / w[idx].sum().clamp(min=1)
+                else:
+                    c_loss = F.mse_loss(self.critic(X[idx]), ret[idx])
                 self.critic_opt.zero_grad(set_to_none=True)
                 c_loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.critic.parameters(), tr["ac_grad_clip"])
@@ -311,7 +357,7 @@ class MARIEAgent(Algorithm):
         self.actor.eval(), self.critic.eval()
         out = _mean_metrics(logs, as_float=False)
         out.update({"imag_reward": traj["reward"].mean(), "imag_discount": traj["discount"].mean(),
-                    "imag_return": returns[0].mean(), "value_mean": values.mean()})
+                    "imag_return": returns[0].mean(), "value_mean": values.mean(), "imag_weight": weights.mean()})
         return {k: float(v) for k, v in out.items()}
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -339,6 +385,14 @@ class MARIEAgent(Algorithm):
         """Models only (analysis entry points)."""
         for name in ("tokenizer", "world_model", "actor", "critic"):
             getattr(self, name).load_state_dict(state[name])
+
+
+def continuation_weights(discount: torch.Tensor, label: float) -> torch.Tensor:
+    """Dreamer's weighting of imagined steps: the probability that step t is still inside the episode, the
+    product of the predicted continuations before it (each divided by the label the head is trained to
+    output where the episode goes on, so a living agent keeps weight 1). discount [H, ...] -> [H, ...]."""
+    cont = (discount / label).clamp(0.0, 1.0)
+    return torch.cat([torch.ones_like(cont[:1]), torch.cumprod(cont[:-1], 0)], 0)
 
 
 def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

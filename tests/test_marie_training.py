@@ -138,3 +138,43 @@ def test_bad_config_values_are_one_line_errors(tmp_path, override, words):
     info = EnvInfo(3, 75, 36, 8, 100, "smax", "x", "3m")
     with pytest.raises(UserError, match=words):  # raised before any model is built
         MARIEAgent(info, config["params"], config["run"], torch.device("cpu"), 0)
+
+
+def test_continuation_weights_are_the_probability_of_still_being_in_the_episode():
+    from marie.marie_agent import continuation_weights
+    disc = torch.tensor([[0.99, 0.99], [0.99, 0.0], [0.495, 0.99], [0.99, 0.99]])  # [H=4, 2 agents]
+    w = continuation_weights(disc, 0.99)
+    assert torch.allclose(w[:, 0], torch.tensor([1.0, 1.0, 1.0, 0.5]))
+    assert torch.allclose(w[:, 1], torch.tensor([1.0, 1.0, 0.0, 0.0]))  # nothing counts after a predicted end
+
+
+def test_staged_warm_up_trains_each_part_from_its_round(smax_agent):
+    import copy
+    agent = copy.deepcopy(smax_agent)
+    tr = agent.params["training"]
+    tr.update(learning_starts=0, train_every=1, world_model_from_round=2, policy_from_round=3)
+    agent.since_train, agent.rounds = 0, 0
+    seen = []
+    for _ in range(3):
+        agent.since_train = 1
+        (metrics,) = list(agent.update(0))
+        seen.append(("tokenizer_loss" in metrics, "wm_loss" in metrics, "actor_loss" in metrics))
+        assert {"time_tokenizer_s", "time_world_model_s"} <= set(metrics)
+    assert seen == [(True, False, False), (True, True, False), (True, True, True)]
+
+
+def test_imagined_reconstructions_are_clamped_on_smac_like_backends(smax_agent):
+    from marie.imagination import imagine
+    agent = smax_agent
+    with torch.no_grad():  # push the decoder out of range
+        last = [m for m in agent.tokenizer.modules() if isinstance(m, torch.nn.Linear)][-1]
+        saved = last.bias.clone()
+        last.bias.add_(5.0)
+        try:
+            start = agent.imagination_start(8)
+            free = imagine(agent.tokenizer, agent.world_model, agent.actor, start, 2, agent.obs_cfg, agent.n_choices)
+            clamped = imagine(agent.tokenizer, agent.world_model, agent.actor, start, 2, agent.obs_cfg,
+                              agent.n_choices, recon_clamp=1.0)
+        finally:
+            last.bias.copy_(saved)
+    assert free["recon"].max() > 1.0 and clamped["recon"].abs().max() <= 1.0
