@@ -98,6 +98,10 @@ class ImaginationMixer(nn.Module):
     def forward(self, agent_qs, states, *, imagined, **kwargs):
         return self.base(agent_qs, torch.cat([states, self.encode(imagined)], -1), **kwargs)
 
+    @property
+    def penalty(self):
+        return getattr(self.base, "penalty", None)
+
 
 class MBVD(QPLEX):
     preset_file = Path(__file__).parent / "configs" / "mbvd.yaml"

@@ -104,7 +104,7 @@ def test_model_and_td_losses_train_together():
     before = {k: v.clone() for k, v in algo.model.state_dict().items()}
     enc_before = algo.mixer.encoder.weight_ih_l0.clone()
     metrics = algo.train_step()
-    assert metrics["loss"] == pytest_approx(metrics["loss_td"] + metrics["loss_model"])
+    assert metrics["loss"] == pytest_approx(metrics["loss_td"] + metrics["loss_model"] + metrics["loss_attend_reg"])
     assert all(np.isfinite(v) for k, v in metrics.items() if "loss" in k)
     assert any(not torch.equal(before[k], v) for k, v in algo.model.state_dict().items())
     assert not torch.equal(enc_before, algo.mixer.encoder.weight_ih_l0)

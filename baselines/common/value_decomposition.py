@@ -13,9 +13,11 @@ limit cut at). Target networks are copied every `target_update_interval` finishe
 
 Acting is epsilon-greedy over the available actions, epsilon annealed linearly over env steps.
 Training schedule: `updates_per_episode` gradient steps per finished training episode once the buffer
-holds `batch_size` episodes. pymarl's episode runner (1 environment) trains once after each episode;
-with run.num_envs E > 1 episodes finish at different steps, and we still do one update per finished
-episode, so the ratio of updates to collected episodes is pymarl's whatever E is.
+holds max(`batch_size`, `burn_in_episodes`) episodes (QPLEX's reference waits for 100). The paper ran
+pymarl's episode runner (1 environment, one update after each episode). With run.num_envs E > 1,
+`update_cadence: episode` keeps that ratio of updates to collected episodes (one update per finished
+episode, whatever E); `update_cadence: round` is pymarl's parallel runner (one update per E finished
+episodes, E times fewer updates for the same data).
 
 State scaling (`state_scaling: maxabs`): the mixer sees the state divided feature-wise by
 max(1, the largest |value| seen so far in training). SMAC's state is already normalised to [-1, 1], so
@@ -137,6 +139,8 @@ class ValueDecompositionLearner(Algorithm):
         self.train_steps = 0
         self.last_target_update = 0  # episode count at the last target copy
         self.update_credit = 0.0     # gradient steps owed
+        if p["update_cadence"] not in ("episode", "round"):
+            raise UserError(f"update_cadence must be episode or round, got {p['update_cadence']!r}")
         if p["state_scaling"] not in ("maxabs", "none"):
             raise UserError(f"state_scaling must be maxabs or none, got {p['state_scaling']!r}")
         self.state_maxabs = np.ones(self.state_dim, np.float32)  # running max(1, |state|) per feature
@@ -198,8 +202,10 @@ class ValueDecompositionLearner(Algorithm):
         for episode in self.builder.add(ts, actions, ts_next):
             self.buffer.add(episode)
             self.episodes += 1
-            if self.buffer.can_sample(self.params["batch_size"]):
-                self.update_credit += self.params["updates_per_episode"]
+            p = self.params
+            if self.buffer.can_sample(max(p["batch_size"], p["burn_in_episodes"])):
+                per_round = self.run["num_envs"] if p["update_cadence"] == "round" else 1
+                self.update_credit += p["updates_per_episode"] / per_round
 
     def update(self, env_steps):
         while self.update_credit >= 1.0:
@@ -261,6 +267,9 @@ class ValueDecompositionLearner(Algorithm):
         n_real = mask.sum()
         loss_td = (td ** 2).sum() / n_real
         loss = loss_td if aux_loss is None else loss_td + aux_loss.float()
+        penalty = getattr(self.mixer, "penalty", None)  # QPLEX's attention-logit regulariser
+        if penalty is not None:
+            loss = loss + penalty.float()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.params_list, p["grad_clip"])
@@ -272,6 +281,9 @@ class ValueDecompositionLearner(Algorithm):
         names = ["loss", "loss_td", "grad_norm", "q_taken_mean", "target_mean", "td_abs_mean"]
         values = [loss, loss_td, grad_norm, (chosen.detach() * mask.unsqueeze(-1)).sum() / (n_real * self.n_agents),
                   (y * mask).sum() / n_real, td.detach().abs().sum() / n_real]
+        if penalty is not None:
+            names.append("loss_attend_reg")
+            values.append(penalty.detach())
         names += list(aux_metrics)
         values += [v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v)) for v in aux_metrics.values()]
         numbers = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).detach().reshape(())
