@@ -21,7 +21,8 @@ METHOD_COLORS = {"MARIE": "#1f4e9c", "MAMBA": "#d62728", "MAPPO": "#2ca02c", "HA
 METHOD_MARKERS = {"MARIE": "o", "MAMBA": "s", "MAPPO": "^", "HAPPO": "v", "QMIX": "D", "QPLEX": "P",
                   "MBVD": "X", "Random": "x"}
 PALETTE = ["#17becf", "#bcbd22", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]
-MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*"]
+MARKERS = ["o", "s", "^", "v", "D", "P", "X", "h"]
+PAPER_FINAL_LABEL = "paper's final value (Table 1), in the method's colour"
 
 
 def method_of(label: str) -> str | None:
@@ -152,7 +153,7 @@ def curves_figure(curves: pd.DataFrame, *, group: str, x: str = "env_steps", yla
             for r in psub.itertuples():
                 at = min(float(r.steps), right)
                 ax.plot([at], [r.mean], ls="none", marker="*", ms=11, mfc="none", mec=cmap[getattr(r, group)],
-                        mew=1.4, clip_on=False, zorder=4, label="paper's final value (Table 1)")
+                        mew=1.4, clip_on=False, zorder=4, label="_paper")
             if beyond:
                 ax.annotate(f"paper: {int(psub['steps'].max()):,} steps", (1, 1), xycoords="axes fraction",
                             ha="right", va="bottom", fontsize=6.5, color="#444")
@@ -172,6 +173,10 @@ def curves_figure(curves: pd.DataFrame, *, group: str, x: str = "env_steps", yla
             if n not in names:
                 handles.append(h)
                 names.append(n)
+    if any(ln.get_label() == "_paper" for ax in axes.flat for ln in ax.get_lines()):
+        from matplotlib.lines import Line2D
+        handles.append(Line2D([], [], ls="none", marker="*", ms=11, mfc="none", mec="#333", mew=1.4))
+        names.append(PAPER_FINAL_LABEL)
     fig.legend(handles, names, loc="lower center", ncol=min(5, len(names)), fontsize=8, frameon=False,
                bbox_to_anchor=(0.5, -0.02 - 0.03 * (len(names) > 5)))
     if title:

@@ -269,7 +269,9 @@ def test_figures_axes_and_one_colour_per_method():
         {lab: plots.METHOD_COLORS[lab] for lab in ("MARIE", "QMIX", "MAPPO")}
     assert len({lines[lab].get_marker() for lab in ("MARIE", "QMIX", "MAPPO")}) == 3  # told apart when identical
     assert len({str(lines[lab].get_markevery()) for lab in ("MARIE", "QMIX", "MAPPO")}) == 3
-    star = lines["paper's final value (Table 1)"]
+    star = lines["_paper"]
+    assert star.get_markeredgecolor() == plots.METHOD_COLORS["MARIE"]
+    assert plots.PAPER_FINAL_LABEL in [t.get_text() for t in fig.legends[0].get_texts()]
     assert star.get_xdata()[0] == 4000 and star.get_ydata()[0] == pytest.approx(0.995)
     agg = pd.DataFrame([{"method": m, "aggregate": a, "estimate": e, "lower": e, "upper": e}
                         for m, e in (("MARIE", 1.0), ("QMIX", 0.4), ("MAPPO", 0.0)) for a in ("Mean", "IQM")])
