@@ -213,8 +213,11 @@ def _row_info(coll: Collection, rows: list[str], maps: list[str], scores: pd.Dat
         budget[r["map"]] = r.get("steps", budget.get(r["map"]))
         difficulty[r["map"]] = r.get("difficulty", difficulty.get(r["map"], ""))
     if rows == ["map"]:
+        from marie.envs.registry import all_maps
+        reg = all_maps()
         return pd.DataFrame({"map": maps, "difficulty": [difficulty.get(m, "") for m in maps],
-                             "steps": [budget.get(m) if budget.get(m) is not None else "" for m in maps]})
+                             "budget (ours)": [budget.get(m) if budget.get(m) is not None else "" for m in maps],
+                             "budget (paper)": [reg[m].budget if m in reg else "" for m in maps]})
     keys = pd.concat([d[rows] for d in (scores, reference) if d is not None and len(d)], ignore_index=True) \
         if (len(scores) or (reference is not None and len(reference))) else pd.DataFrame(columns=rows)
     keys = keys.drop_duplicates()
