@@ -20,7 +20,7 @@ import torch
 
 from marie.algorithm import Algorithm, algorithm_class
 from marie.config import resolve_config
-from marie.envs import TimeStep, check_backend, make_env
+from marie.envs import TimeStep, check_backend, make_env, resolve_reward_scale
 from marie.errors import UserError
 from marie.rundir import RunDir
 
@@ -48,6 +48,7 @@ def prepare(*, algo: str, env: str, map_name: str, seed: int, steps: int, preset
     config = resolve_config(algo=algo, preset_file=cls.preset_file, preset=preset, env=env, map_name=map_name,
                             seed=seed, steps=steps, overrides=overrides)
     run = config["run"]
+    run["reward_scale"] = resolve_reward_scale(env, run["reward_scale"])  # the number, in config.yaml
     for key in ("eval_every", "eval_episodes", "num_envs"):
         if not isinstance(run[key], int) or run[key] <= 0:
             raise UserError(f"run.{key} must be a positive integer, got {run[key]!r}")
@@ -132,7 +133,7 @@ class Runner:
         if self.run["torch_threads"]:
             torch.set_num_threads(int(self.run["torch_threads"]))
         self.device = torch.device(self.run["device"])
-        options = {"sc2_restarts": self.run["sc2_restarts"]}
+        options = {"sc2_restarts": self.run["sc2_restarts"], "reward_scale": self.run["reward_scale"]}
         self.env = make_env(self.config["env"], self.config["map"], self.run["num_envs"], **options)
         self.eval_env = make_env(self.config["env"], self.config["map"], self.run["eval_episodes"], **options)
         # Seed after the environments: building (compiling) one draws from the global generators the first

@@ -44,7 +44,6 @@ class MAMBA(Algorithm):
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=float(p["critic_lr"]))
         self.replay = SequenceReplay(int(p["buffer_size"]), int(run["num_envs"]), N, O, A)
         self.entropy_coef = float(p["entropy_coef"])
-        self.reward_scale = float(p["reward_scale"])  # env rewards are multiplied by it before the model sees them
         self.episodes = 0                 # finished training episodes
         self.episodes_at_update = 0
         self.n_updates = 0
@@ -80,12 +79,12 @@ class MAMBA(Algorithm):
         everyone = np.arange(E)
         self.replay.add(everyone, obs=ts.obs, avail=ts.avail, alive=ts.alive | first[:, None],
                         prev_action=np.where(first[:, None], -1, self.last_action),
-                        reward=np.where(first, 0.0, ts.reward) * self.reward_scale, cont=np.ones(E, np.float32), first=first)
+                        reward=np.where(first, 0.0, ts.reward), cont=np.ones(E, np.float32), first=first)
         done = np.flatnonzero(ts_next.done)
         if len(done):  # the final observation of each finished episode, before the auto-reset
             self.replay.add(done, obs=ts_next.next_obs[done], avail=ts_next.next_avail[done],
                             alive=ts_next.alive[done], prev_action=actions[done],
-                            reward=ts_next.reward[done] * self.reward_scale,
+                            reward=ts_next.reward[done],
                             cont=1.0 - ts_next.terminated[done].astype(np.float32), first=np.zeros(len(done), bool))
         self.last_action = np.asarray(actions, np.int64).copy()
         self.episodes += len(done)

@@ -10,7 +10,7 @@ world models and TD targets need.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -86,6 +86,40 @@ class MultiAgentVecEnv(ABC):
     def counters(self) -> dict:
         """Backend events worth recording in meta.json (e.g. SC2 restarts)."""
         return {}
+
+
+class RewardScale(MultiAgentVecEnv):
+    """Every team reward, and so every episode return, times `scale`: one reward convention for every
+    method, applied where make_env builds the environment (docs/rewards.md). `info.extra["reward_scale"]`
+    says which factor the algorithm sees."""
+
+    def __init__(self, env: MultiAgentVecEnv, scale: float):
+        self.env, self.scale = env, float(scale)
+        self.num_envs = env.num_envs
+        self.info = replace(env.info, extra={**env.info.extra, "reward_scale": self.scale})
+
+    def _scaled(self, ts: TimeStep) -> TimeStep:
+        return ts._replace(reward=(ts.reward * self.scale).astype(np.float32),
+                           episode_return=(np.asarray(ts.episode_return) * self.scale).astype(np.float32))
+
+    def reset(self, seed: int) -> TimeStep:
+        return self._scaled(self.env.reset(seed))
+
+    def step(self, actions: np.ndarray) -> TimeStep:
+        return self._scaled(self.env.step(actions))
+
+    def get_state(self) -> Any:
+        return self.env.get_state()
+
+    def set_state(self, snapshot: Any) -> None:
+        self.env.set_state(snapshot)
+
+    def close(self) -> None:
+        self.env.close()
+
+    @property
+    def counters(self) -> dict:
+        return self.env.counters
 
 
 def discretize_actions(actions: np.ndarray, low: np.ndarray, high: np.ndarray, bins: int = 256) -> np.ndarray:
