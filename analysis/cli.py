@@ -3,7 +3,7 @@
     python -m analysis report   --plan results/workflow/plan.json --out results/report [--target T] [--reps N]
     python -m analysis report   --runs results/runs --out results/report      # any run dirs, no workflow
     python -m analysis report   --runs results/runs --out R --reference paper_figures/reproduced/small
-    python -m analysis collect  --plan PLAN --out DIR       # tidy.csv, runs.csv, problems.csv; prints problems
+    python -m analysis collect  --plan PLAN --out DIR       # tidy.csv, runs.csv, problems.csv, cost.csv; prints problems
     python -m analysis item     --plan PLAN --item table1 --out DIR            # one table/figure
     python -m analysis marl-eval --plan PLAN --experiment smac --out FILE.json
     python -m analysis mark-done --rundir DIR --steps N --out MARKER           # used by the workflow
@@ -60,6 +60,8 @@ def cmd_collect(args) -> int:
     coll.tidy.to_csv(out / "tidy.csv", index=False)
     coll.runs.drop(columns=["meta"]).to_csv(out / "runs.csv", index=False)
     coll.problems.to_csv(out / "problems.csv", index=False)
+    from analysis.cost import cost_table
+    cost_table(coll.runs).to_csv(out / "cost.csv", index=False)
     print(f"{len(coll.runs)} runs planned, {int(coll.runs['complete'].sum())} complete, {len(coll.problems)} problems")
     for line in problems_text(coll.problems):
         print(f"  {line}")
