@@ -78,6 +78,11 @@ def marl_eval_json(coll: Collection) -> tuple[dict, list[str]]:
         notes.append(f"{len(summarized)} run(s) have no eval_episodes.csv (older run directories): one value per "
                      f"evaluation (its mean) instead of per-episode values: {', '.join(summarized[:5])}"
                      + (" ..." if len(summarized) > 5 else ""))
+    seed_sets = {(e, t, a): tuple(sorted(runs)) for e, tasks in data.items() for t, algos in tasks.items()
+                 for a, runs in algos.items()}
+    if len(set(seed_sets.values())) > 1:
+        notes.append("marl-eval needs the same seeds for every algorithm and task; here: " + "; ".join(
+            f"{t}/{a}: {len(v)} seed(s)" for (e, t, a), v in seed_sets.items()))
     if len(n_steps) > 1:
         notes.append(f"runs have different numbers of evaluation points ({sorted(n_steps)}); marl-eval's "
                      f"aggregation needs equal counts: export per experiment with equal budgets")

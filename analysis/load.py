@@ -251,7 +251,7 @@ def plan_from_scan(runs_root: str | Path) -> dict:
         e["variants"] = dict(sorted(e["variants"].items(), key=lambda kv: (order.get(kv[1]["method"], len(order)), kv[0])))
     methods = {f["method"]: {"algo": f["meta"]["algo"], "registered": True} for f in found}
     return {"name": f"scan of {root}", "root": str(root), "backend": ", ".join(sorted({str(r["env"]) for r in runs})),
-            "seeds": sorted({r["seed"] for r in runs}, key=str), "runs": runs, "skipped": [],
+            "seeds": sorted({r["seed"] for r in runs}, key=lambda x: (not isinstance(x, int), x if isinstance(x, int) else 0)), "runs": runs, "skipped": [],
             "experiments": experiments, "methods": methods, "targets": {}, "model_analysis": {}, "analysis": {}}
 
 
