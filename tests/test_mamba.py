@@ -204,3 +204,63 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     # interrupted at 400 env steps: updates done, buffer partly filled, episodes in progress
     assert_resume_equals_uninterrupted(tmp_path, monkeypatch, 400, algo="mamba", env="smax", map_name="3m", seed=3,
                                        steps=600, preset="smoke")
+
+
+def _fill(algo, rng, E, steps):
+    ts = fake_ts(rng, E, first=True)
+    for step in range(steps):
+        done = np.full(E, step % 6 == 5)
+        nxt = fake_ts(rng, E, first=False, done=done)._replace(first=done)
+        algo.observe(ts, np.zeros((E, INFO.n_agents), np.int64), nxt)
+        ts = nxt
+
+
+def test_ppo_takes_one_actor_and_one_critic_step_per_minibatch():
+    """The reference splits every PPO epoch into minibatches of 2000 imagined joint samples: here 16 start
+    states x 5 steps = 80 samples in minibatches of 30 -> 3 per epoch, x 2 epochs = 6 actor and 6 critic
+    steps per policy update, and the entropy bonus annealed once per actor step."""
+    algo = make_algo(num_envs=2, ppo_minibatch_size=30, entropy_annealing=0.5)
+    _fill(algo, np.random.default_rng(0), 2, 30)
+    coef = algo.entropy_coef
+    algo._train_behaviour()
+    steps = lambda opt: int(next(iter(opt.state.values()))["step"])  # noqa: E731
+    assert steps(algo.actor_opt) == steps(algo.critic_opt) == 6
+    assert algo.entropy_coef == pytest.approx(coef * 0.5 ** 6)
+
+
+def test_attention_tells_agents_apart_by_position():
+    """SMAC observations carry no agent id: with the positional encoding, agents with identical inputs get
+    different transition states and values; without it, they cannot."""
+    from baselines.mamba.behaviour import MambaCritic
+    for positions in (True, False):
+        p = smoke_params(agent_positions=positions)["params"]
+        torch.manual_seed(0)
+        m = WorldModel(INFO.obs_dim, INFO.n_actions, p).eval()
+        state = m.initial_state((2,), INFO.n_agents, "cpu", torch.float32)
+        h, _ = m.transition(state, torch.zeros(2, INFO.n_agents, INFO.n_actions))
+        critic = MambaCritic(m.feat_size, 16, 2, positions)
+        v = critic(torch.ones(2, INFO.n_agents, m.feat_size))
+        assert v.shape == (2, INFO.n_agents)
+        differ = not torch.allclose(h[:, 0], h[:, 1]) and not torch.allclose(v[:, 0], v[:, 1])
+        assert differ == positions
+
+
+@pytest.mark.parametrize("ends, cont", [(True, 0.0), (False, 1.0)])
+def test_continuation_target_at_a_time_limit(ends, cont):
+    """The reference ends the continuation at a time-limit end too (SMAC reports done there)."""
+    rng = np.random.default_rng(0)
+    algo = make_algo(num_envs=1, truncation_ends_continuation=ends)
+    ts = fake_ts(rng, 1, first=True)
+    cut = fake_ts(rng, 1, first=False)._replace(truncated=np.ones(1, bool), first=np.ones(1, bool))
+    algo.observe(ts, np.zeros((1, INFO.n_agents), np.int64), cut)
+    assert algo.replay.data["cont"][0, 1] == cont
+
+
+def test_presets_follow_the_reference_where_table_6_is_silent():
+    p = resolve_config(algo="mamba", preset_file=MAMBA.preset_file, preset="paper", env="smax", map_name="3m",
+                       seed=0, steps=100)["params"]
+    assert p["ppo_minibatch_size"] == 2000 and p["comm_heads"] == p["critic_heads"] == 8 and p["agent_positions"]
+    assert p["learning_starts"] == 500 and p["model_batch_size"] == 256  # Table 6's batch size in `paper`
+    ref = resolve_config(algo="mamba", preset_file=MAMBA.preset_file, preset="reference", env="smax",
+                         map_name="3m", seed=0, steps=100)["params"]
+    assert ref["model_batch_size"] == 40 and "reward_scale" not in ref

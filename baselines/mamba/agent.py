@@ -3,7 +3,8 @@
 Loop: collect transitions into a sequence replay; after every `trajectories_between_updates` finished
 training episodes, train the world model for `model_epochs` batches, then run `policy_updates` rounds
 of (filter a batch of replay sequences -> pick `imagined_rollouts` start states -> imagine
-`imagination_horizon` steps -> lambda-returns -> `ppo_epochs` of PPO on actor and critic).
+`imagination_horizon` steps -> lambda-returns -> `ppo_epochs` of PPO on actor and critic, each epoch in
+minibatches of `ppo_minibatch_size` imagined joint samples, one actor and one critic step each).
 
 Execution uses the world model (the actor reads posterior features that attend over agents): the carry
 holds each environment's RSSM state and last joint action, reset where `ts.first`.
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.mamba.behaviour import Actor, Critic, imagine, lambda_returns, policy_logits, ppo_actor_loss, sample_actions
+from baselines.mamba.behaviour import (Actor, MambaCritic, imagine, lambda_returns, policy_logits, ppo_actor_loss,
+                                       sample_actions)
 from baselines.mamba.replay import SequenceReplay
 from baselines.mamba.rssm import RSSMState, WorldModel
 from marie.algorithm import Algorithm
@@ -37,7 +39,7 @@ class MAMBA(Algorithm):
         self.model = WorldModel(O, A, p).to(device=device, dtype=self.dtype)
         F_ = self.model.feat_size
         self.actor = Actor(F_, int(p["actor_hidden"]), int(p["actor_layers"]), 1, A).to(device=device, dtype=self.dtype)
-        self.critic = Critic(F_, int(p["critic_hidden"]), int(p["critic_layers"]), int(p["critic_heads"])).to(
+        self.critic = MambaCritic(F_, int(p["critic_hidden"]), int(p["critic_heads"]), bool(p["agent_positions"])).to(
             device=device, dtype=self.dtype)
         self.model_opt = torch.optim.Adam(self.model.parameters(), lr=float(p["model_lr"]))
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=float(p["actor_lr"]))
@@ -82,10 +84,12 @@ class MAMBA(Algorithm):
                         reward=np.where(first, 0.0, ts.reward), cont=np.ones(E, np.float32), first=first)
         done = np.flatnonzero(ts_next.done)
         if len(done):  # the final observation of each finished episode, before the auto-reset
+            # the reference (SMAC reports done at the time limit) also ends the continuation at a truncation
+            ended = ts_next.done if self.params["truncation_ends_continuation"] else ts_next.terminated
             self.replay.add(done, obs=ts_next.next_obs[done], avail=ts_next.next_avail[done],
                             alive=ts_next.alive[done], prev_action=actions[done],
                             reward=ts_next.reward[done],
-                            cont=1.0 - ts_next.terminated[done].astype(np.float32), first=np.zeros(len(done), bool))
+                            cont=1.0 - ended[done].astype(np.float32), first=np.zeros(len(done), bool))
         self.last_action = np.asarray(actions, np.int64).copy()
         self.episodes += len(done)
 
@@ -148,12 +152,12 @@ class MAMBA(Algorithm):
         feat_t, avail, action, old_logp = flat(feat[:-1]), flat(traj["avail"]), flat(traj["action"]), flat(traj["logp"])
         adv, returns = flat(adv), flat(returns)
         n = feat_t.shape[0]
-        mb = max(1, int(p["ppo_minibatches"]))
+        mb_size = int(p["ppo_minibatch_size"])  # the reference: 2000 joint samples per actor/critic step
         clip, gc = float(p["ppo_clip"]), float(p["grad_clip"])
         metrics = {}
         for _ in range(int(p["ppo_epochs"])):
             perm = torch.randperm(n, device=feat_t.device)
-            for idx in perm.chunk(mb):
+            for idx in perm.split(mb_size):
                 with self.autocast():
                     a_loss, a_info = ppo_actor_loss(self.actor, feat_t[idx], avail[idx], action[idx],
                                                     old_logp[idx], adv[idx], clip, self.entropy_coef)

@@ -1,19 +1,41 @@
 """MAMBA's behaviour learning: an actor on each agent's own model features, a critic that attends over
 all agents' features, imagination in the world model, lambda-returns and PPO.
 
-The actor, the attention critic, the lambda-return and the PPO loss are MARIE's (marie/models/actor_critic.py,
-marie/returns.py); only MAMBA's imagination in its RSSM lives here.
+The actor, the lambda-return and the PPO loss are MARIE's (marie/models/actor_critic.py, marie/returns.py);
+MAMBA's critic (the reference's layout, `MambaCritic`) and its imagination in the RSSM live here.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from baselines.mamba.rssm import RSSMState, WorldModel
-from marie.models.actor_critic import Actor, Critic, log_prob_entropy, sample_actions
+from baselines.mamba.rssm import AgentPositions, RSSMState, WorldModel
+from marie.models.actor_critic import Actor, log_prob_entropy, sample_actions
 from marie.returns import lambda_returns, ppo_clip_loss
 
-__all__ = ["Actor", "Critic", "imagine", "lambda_returns", "ppo_actor_loss", "sample_actions", "policy_logits"]
+__all__ = ["Actor", "MambaCritic", "imagine", "lambda_returns", "ppo_actor_loss", "sample_actions",
+           "policy_logits"]
+
+
+class MambaCritic(nn.Module):
+    """The reference's critic: embed (Linear + ReLU) -> + agent position -> one Transformer encoder layer
+    across agents (`heads` heads, feed-forward width = hidden, no dropout, post-norm) -> ReLU ->
+    Linear - ReLU - Linear(1). x [B, N, in_dim] -> values [B, N]."""
+
+    def __init__(self, in_dim: int, hidden: int, heads: int, agent_positions: bool = True):
+        super().__init__()
+        self.embed = nn.Linear(in_dim, hidden)
+        self.positions = AgentPositions(hidden) if agent_positions else None
+        layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=hidden, dropout=0.0, batch_first=True)
+        self.attention = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.embed(x))
+        if self.positions is not None:
+            h = self.positions(h)
+        return self.head(F.relu(self.attention(h))).squeeze(-1)
 
 
 def policy_logits(actor: Actor, feat: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ communicating through self-attention before each recurrent update.
 Per agent i and step t (all agents and batch rows at once, no loop over agents):
 
     e_t^i   = enc(o_t^i)                                           observation embedding
-    x_t^i   = act(W [a_{t-1}^i, z_{t-1}^i])                        transition input
+    x_t^i   = act(W [a_{t-1}^i, z_{t-1}^i]) + pos(i)               transition input (+ agent position)
     m_t     = TransformerEncoder(x_t^1..N)                         communication across agents
     h_t^i   = GRU(m_t^i, h_{t-1}^i)                                deterministic state
     prior   p(z_t^i | h_t^i),  posterior q(z_t^i | h_t^i, e_t^i)   32 categoricals x 32 classes
@@ -29,6 +29,22 @@ class RSSMState(NamedTuple):
 
     def feat(self) -> torch.Tensor:
         return torch.cat([self.stoch, self.deter], -1)
+
+
+class AgentPositions(nn.Module):
+    """Adds a sinusoidal encoding of the agent index to [..., N, D] (MAMBA's attention encoders: SMAC
+    observations carry no agent id, so without it attention over agents cannot tell them apart)."""
+
+    def __init__(self, dim: int, max_agents: int = 64):
+        super().__init__()
+        pos = torch.arange(max_agents, dtype=torch.float64)[:, None]
+        rate = torch.pow(10000.0, 2 * (torch.arange(dim) // 2) / dim).to(torch.float64)
+        angle = pos / rate
+        table = torch.where(torch.arange(dim) % 2 == 0, angle.sin(), angle.cos()).float()
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table[: x.shape[-2]].to(x.dtype)
 
 
 def mlp(inp: int, hidden: int, out: int, layers: int, act=nn.ELU) -> nn.Sequential:
@@ -92,6 +108,7 @@ class WorldModel(nn.Module):
         self.feat_size = self.stoch_size + self.D
         self.encoder = mlp(obs_dim, H, E, L)
         self.trans_in = nn.Sequential(nn.Linear(n_actions + self.stoch_size, H), nn.ELU())
+        self.positions = AgentPositions(H) if p["agent_positions"] else None
         layer = nn.TransformerEncoderLayer(H, int(p["comm_heads"]), dim_feedforward=H, dropout=float(p["comm_dropout"]),
                                            batch_first=True, norm_first=False)
         self.comm = nn.TransformerEncoder(layer, int(p["comm_layers"]), enable_nested_tensor=False)
@@ -120,6 +137,8 @@ class WorldModel(nn.Module):
     def transition(self, state: RSSMState, action_onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h_t from (h_{t-1}, z_{t-1}, a_{t-1}) with attention across agents; returns (h_t, prior log-probs)."""
         x = self.trans_in(torch.cat([action_onehot, state.stoch], -1))       # [B, N, H]
+        if self.positions is not None:
+            x = self.positions(x)
         lead = x.shape[:-2]
         x = self.comm(x.reshape(-1, *x.shape[-2:]))                           # attention over the agents axis
         h = self.gru(x.reshape(-1, x.shape[-1]), state.deter.reshape(-1, self.D)).reshape(*lead, -1, self.D)
