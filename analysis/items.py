@@ -77,11 +77,11 @@ def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings
         item.status = "not-in-plan"
         item.notes.append(f"experiment(s) {', '.join(missing)} are not part of this plan")
         return item
-    builder = {"table": _table, "curves": _curves, "aggregates": _aggregates, "improvement": _improvement,
-               "marl_eval": _marl_eval}[spec["kind"]]
     if spec["kind"] == "table":
         _table(item, spec, coll, out / name, settings, reference)
     else:
+        builder = {"curves": _curves, "aggregates": _aggregates, "improvement": _improvement,
+                   "marl_eval": _marl_eval}[spec["kind"]]
         builder(item, spec, coll, out / name, settings)
     for e in exps:
         if e in coll.plan.get("experiments", {}):
