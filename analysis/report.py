@@ -65,6 +65,9 @@ class Page:
     def p(self, text: str):
         self.blocks.append(("p", text))
 
+    def caption(self, text: str):
+        self.blocks.append(("caption", text))
+
     def ul(self, items: list[str]):
         if items:
             self.blocks.append(("ul", items))
@@ -85,7 +88,7 @@ class Page:
         for b in self.blocks:
             if b[0] == "h":
                 out += ["#" * b[1] + " " + b[2], ""]
-            elif b[0] == "p":
+            elif b[0] in ("p", "caption"):
                 out += [b[1], ""]
             elif b[0] == "ul":
                 out += [f"- {x}" for x in b[1]] + [""]
@@ -103,12 +106,15 @@ class Page:
                "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
                "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
                "th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}code{background:#f6f6f6}"
-               ".note{color:#555}</style></head><body>", f"<h1>{e(self.title)}</h1>"]
+               ".note{color:#555}.caption{font-size:13px;margin:.3em 0;padding-left:.6em;border-left:3px solid #bbb}"
+               ".caption b{color:#a00}</style></head><body>", f"<h1>{e(self.title)}</h1>"]
         for b in self.blocks:
             if b[0] == "h":
                 out.append(f"<h{b[1]}>{e(b[2])}</h{b[1]}>")
             elif b[0] == "p":
                 out.append(f"<p>{_inline(b[1])}</p>")
+            elif b[0] == "caption":
+                out.append(f"<p class='caption'>{_inline(b[1])}</p>")
             elif b[0] == "ul":
                 out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in b[1]) + "</ul>")
             elif b[0] == "table":
@@ -190,7 +196,7 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
     n_complete = int(coll.runs["complete"].sum())
     demo = plan.get("name") == "demo"
     for line in caption(coll.runs[coll.runs["complete"]], whose="This report"):
-        page.p(line)
+        page.caption(line)
     page.p(f"Target `{target}`{' (the all_smac pipeline at toy scale)' if demo else ''}. "
            f"{len(coll.runs)} runs planned, {n_complete} complete, "
            f"{len(coll.problems)} problems (missing, unfinished, short or skipped runs, listed at the end). "
@@ -218,7 +224,7 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
         page.h(3, f"{it.name}: {it.title}")
         status = {"ok": "", "empty": "**No complete runs yet.** ", "unavailable": "**Not available.** "}.get(it.status, "")
         for line in it.caption:
-            page.p(line)
+            page.caption(line)
         page.p(f"{status}Target `{target if demo else it.target}`; {int(it.runs)} run(s) used.")
         page.table(it.markdown)
         for f in it.files:
