@@ -194,6 +194,8 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
 
     page = Page(f"MARIE reproduction report ({plan.get('name')})", out)
     n_complete = int(coll.runs["complete"].sum())
+    # a tier's plan (demo, cpu_smac) or a scan: its items are made by the report's target, not the full-scale ones
+    tier = plan.get("name") != "main"
     demo = plan.get("name") == "demo"
     for line in caption(coll.runs[coll.runs["complete"]], whose="This report"):
         page.caption(line)
@@ -225,7 +227,7 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
         status = {"ok": "", "empty": "**No complete runs yet.** ", "unavailable": "**Not available.** "}.get(it.status, "")
         for line in it.caption:
             page.caption(line)
-        page.p(f"{status}Target `{target if demo else it.target}`; {int(it.runs)} run(s) used.")
+        page.p(f"{status}Target `{target if tier else it.target}`; {int(it.runs)} run(s) used.")
         page.table(it.markdown)
         for f in it.files:
             if f.endswith(".png"):

@@ -94,7 +94,10 @@ class Table:
                 for src in sources:
                     row[f"{col} ({src})"] = self.cell(index.get((k, col, src)))
             out.append(row)
-        return pd.DataFrame(out)
+        wide = pd.DataFrame(out)
+        empty = [f"{c} ({s})" for c in self.columns for s in sources if s != "ours" and f"{c} ({s})" in wide
+                 and (wide[f"{c} ({s})"] == "–").all()]   # e.g. Random (paper): the paper has no such column
+        return wide.drop(columns=empty)
 
     def best(self, wide_row: dict, source: str = "ours") -> set[str]:
         """The column to bold: the row's highest mean, only where it is outside the seeds' spread: its

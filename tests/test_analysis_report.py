@@ -298,8 +298,8 @@ def test_demo_report_says_demo(tmp_path):
            "eval": {"interval": 10000, "episodes": 10}, "maps": {"3m": {"difficulty": "Easy", "budget": 100000}},
            "methods": {"MARIE": {"algo": "marie"}, "QMIX": {"algo": "qmix"}},
            "experiments": {"smac": {"env": "{backend}", "maps": ["3m"], "methods": ["MARIE", "QMIX"]}},
-           "demo": {"experiment": "smac", "maps": ["3m"], "seeds": [0, 1], "steps": STEPS, "preset": "smoke",
-                    "eval": {"interval": EVERY, "episodes": EPISODES}}}
+           "tiers": {"demo": {"experiment": "smac", "maps": ["3m"], "seeds": [0, 1], "steps": STEPS, "preset": "smoke",
+                              "eval": {"interval": EVERY, "episodes": EPISODES}}}}
     plan = WP.build_plan(cfg, demo=True, registered={"marie": "x:X", "qmix": "x:X"}, check=False).to_json()
     for r in plan["runs"]:
         write_run(Path(r["rundir"]), algo=r["algo"], map_name=r["map"], seed=r["seed"], wins=[0, 1, 2 + r["seed"]])
