@@ -19,7 +19,7 @@ from analysis.stats import bootstrap_mean_ci  # noqa: E402
 METHOD_COLORS = {"MARIE": "#1f4e9c", "MAMBA": "#d62728", "MAPPO": "#2ca02c", "HAPPO": "#8c564b",
                  "QMIX": "#ff7f0e", "QPLEX": "#9467bd", "MBVD": "#e377c2", "Random": "#7f7f7f"}
 METHOD_MARKERS = {"MARIE": "o", "MAMBA": "s", "MAPPO": "^", "HAPPO": "v", "QMIX": "D", "QPLEX": "P",
-                  "MBVD": "X", "Random": "x"}
+                  "MBVD": "X", "Random": "p"}
 PALETTE = ["#17becf", "#bcbd22", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]
 MARKERS = ["o", "s", "^", "v", "D", "P", "X", "h"]
 PAPER_FINAL_LABEL = "paper's final value (Table 1), in the method's colour"
