@@ -119,8 +119,8 @@ def test_plan_commands_overrides_and_demo(tmp_path):
     shared = plan.runs["smax/3m/Random/seed0"]  # the plain variant is the Table 1 run, planned once
     assert shared.experiments == {"smac": "Random", "abl": "plain"}
     demo = WP.build_plan(cfg, demo=True, registered=ONLY_RANDOM)
-    assert demo.root.endswith("/demo") and all(r.steps == cfg["demo"]["steps"] for r in demo.runs.values())
-    assert {r.seed for r in demo.runs.values()} == set(cfg["demo"]["seeds"])
+    assert demo.root.endswith("/demo") and all(r.steps == cfg["tiers"]["demo"]["steps"] for r in demo.runs.values())
+    assert {r.seed for r in demo.runs.values()} == set(cfg["tiers"]["demo"]["seeds"])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -158,3 +158,26 @@ def test_marker_is_written_only_for_a_completed_run(tmp_path):
     assert main(["mark-done", "--rundir", str(rundir), "--steps", "2000", "--out", str(marker)]) == 1
     assert main(["mark-done", "--rundir", str(rundir), "--steps", "1000", "--out", str(marker)]) == 0
     assert marker.exists()
+
+
+def test_tiers_fix_one_protocol_for_every_method_and_plan_under_their_own_root(tmp_path):
+    cfg = full_config(tmp_path)
+    cfg["methods"]["Random2"] = {"algo": "random", "set": {"run.eval_sample": True}}  # a method's own choice loses
+    cfg["tiers"]["cpu_smac"].update(methods=["Random", "Random2"], presets={"Random2": "smoke"})
+    plan = WP.build_plan(cfg, tier="cpu_smac", registered=ONLY_RANDOM)
+    tier = cfg["tiers"]["cpu_smac"]
+    assert plan.name == "cpu_smac" and plan.root.endswith("/cpu_smac")
+    assert {r.map for r in plan.runs.values()} == set(tier["maps"]) and len(plan.runs) == 2 * len(tier["maps"]) * 4
+    mode = {"greedy": "false", "sampled": "true"}[tier["eval"]["mode"]]
+    for run in plan.runs.values():
+        assert run.steps == tier["steps"] and run.overrides[-4:-1] == [
+            f"run.eval_every={tier['eval']['interval']}", f"run.eval_episodes={tier['eval']['episodes']}",
+            f"run.eval_sample={mode}"]  # after the method's own --set, so the protocol wins
+        assert run.preset == ("smoke" if run.method == "Random2" else tier["preset"])
+    main = WP.build_plan(cfg, registered=ONLY_RANDOM)
+    assert all(f"run.eval_sample={'true' if cfg['eval']['mode'] == 'sampled' else 'false'}" in r.overrides
+               for r in main.runs.values())
+    with pytest.raises(WP.PlanError, match="eval.mode must be greedy or sampled"):
+        WP.build_plan(merged(cfg, {"eval": {"mode": "argmax"}}), registered=ONLY_RANDOM)
+    with pytest.raises(WP.PlanError, match="no tier 'gpu_smac'"):
+        WP.build_plan(cfg, tier="gpu_smac", registered=ONLY_RANDOM)

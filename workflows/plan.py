@@ -75,7 +75,7 @@ class Run:
 
 @dataclass
 class Plan:
-    name: str                     # "main" or "demo"
+    name: str                     # "main", or a tier of the config's `tiers` (demo, cpu_smac, ...)
     root: str
     backend: str
     seeds: list[int]
@@ -213,12 +213,32 @@ def run_resources(default: dict, method: dict, preset: str, steps: int, max_runt
     return res
 
 
-def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | None = None,
-               check: bool = True) -> Plan:
-    """Every run of every experiment (or of the demo), validated against the map registry and the algorithms.
+EVAL_MODES = {"greedy": "false", "sampled": "true"}   # eval.mode -> run.eval_sample
 
+
+def _eval_overrides(exp_eval: dict, budget: int, where: str) -> list[str]:
+    """The evaluation protocol of an experiment or tier, the same for every method in it."""
+    mode = exp_eval.get("mode", "greedy")
+    _need(mode in EVAL_MODES, f"{where}: eval.mode must be greedy or sampled, got {mode!r}")
+    return [f"run.eval_every={min(int(exp_eval['interval']), budget)}",
+            f"run.eval_episodes={int(exp_eval['episodes'])}", f"run.eval_sample={EVAL_MODES[mode]}"]
+
+
+def tier_names(config: dict) -> list[str]:
+    return list(config.get("tiers") or {})
+
+
+def build_plan(config: dict, tier: str | None = None, registered: dict[str, str] | None = None,
+               check: bool = True, demo: bool = False) -> Plan:
+    """Every run of every experiment (or of one tier: the demo, the CPU reproduction), validated against the
+    map registry and the algorithms.
+
+    A tier (config `tiers`) is one experiment at another scale: its own maps, seeds, budget, presets
+    (`preset` for every method, `presets` per method), evaluation protocol and resources, under
+    {results}/{tier}/ so its runs never mix with full-budget ones.
     registered: algo name -> "module:Class" (default: marie.algorithm.ALGORITHMS); check=False skips
-    importing the algorithms to validate presets, overrides and action spaces (registration still counts)."""
+    importing the algorithms to validate presets, overrides and action spaces (registration still counts).
+    demo=True is tier="demo"."""
     from marie.envs.registry import BACKENDS, all_maps
 
     cfg = copy.deepcopy(config)
@@ -255,19 +275,29 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
     eval_cfg = cfg["eval"]
     steps_override = None
     preset_override = None
-    if demo:
-        d = cfg.get("demo") or {}
-        _need(d.get("experiment") in experiments_cfg, "workflow config: demo.experiment must name an experiment")
+    method_presets: dict = {}
+    tier_res: dict = {}
+    tier = "demo" if demo and tier is None else tier
+    if tier is not None:
+        tiers = cfg.get("tiers") or {}
+        _need(tier in tiers, f"workflow config: no tier '{tier}' (tiers: {', '.join(tiers) or 'none'})")
+        d = tiers[tier] or {}
+        _need(d.get("experiment") in experiments_cfg,
+              f"workflow config: tiers.{tier}.experiment must name an experiment")
         base = copy.deepcopy(experiments_cfg[d["experiment"]])
         base["maps"] = d.get("maps", base.get("maps"))
+        base["methods"] = d.get("methods", base.get("methods"))
         base.pop("eval", None)
         experiments_cfg = {d["experiment"]: base}
         seeds = d.get("seeds", seeds)
         steps_override = d.get("steps")
         preset_override = d.get("preset")
+        method_presets = dict(d.get("presets") or {})
+        for m in method_presets:
+            _need(m in methods_cfg, f"workflow config: tiers.{tier}.presets names unknown method '{m}'")
         eval_cfg = d.get("eval", eval_cfg)
-        default_res.update(d.get("resources") or {})
-        root = f"{root}/demo"
+        tier_res = dict(d.get("resources") or {})   # wins over the methods' own resources
+        root = f"{root}/{tier}"
     device = cfg.get("device", "cpu")
     _need(device in ("cpu", "cuda"), f"workflow config: device must be cpu or cuda, got {device!r}")
 
@@ -295,7 +325,7 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
                                               f"methods: {', '.join(methods_cfg)}")
             _need("/" not in vname and vname.strip() == vname and vname,
                   f"experiment '{exp_name}': bad variant name {vname!r}")
-        exp_eval = dict(eval_cfg) if demo else dict(exp.get("eval") or eval_cfg)
+        exp_eval = dict(eval_cfg) if tier else dict(exp.get("eval") or eval_cfg)
         experiments[exp_name] = {"env": env, "maps": list(exp_maps),
                                  "variants": {k: {"method": v["method"], "label": v["label"]} for k, v in variants.items()}}
         for map_name in exp_maps:
@@ -306,16 +336,15 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
             for vname, v in variants.items():
                 method = v["method"]
                 mcfg = methods_cfg[method]
-                preset = preset_override or mcfg.get("preset") or cfg.get("preset", "small")
-                method_res = {} if demo else dict((res_cfg.get("methods") or {}).get(method) or {})
+                preset = method_presets.get(method) or preset_override or mcfg.get("preset") or cfg.get("preset", "small")
+                method_res = {**((res_cfg.get("methods") or {}).get(method) or {}), **tier_res}
                 res = run_resources(default_res, method_res, preset, budget, res_cfg.get("max_runtime"),
                                     f"resources of {method}")
                 threads = int(res.pop("threads", 1))
                 overrides = _overrides(mcfg.get("set"), f"method '{method}'")
                 overrides += _overrides(v["set"], f"experiment '{exp_name}' variant '{vname}'")
-                overrides += [f"run.eval_every={min(int(exp_eval['interval']), budget)}",
-                              f"run.eval_episodes={int(exp_eval['episodes'])}",
-                              f"run.torch_threads={threads}"]
+                overrides += _eval_overrides(exp_eval, budget, f"experiment '{exp_name}'")
+                overrides += [f"run.torch_threads={threads}"]
                 if device == "cuda" and method in (cfg.get("gpu_methods") or []):
                     overrides.append("run.device=cuda")
                     res.setdefault("gpu", 1)
@@ -355,11 +384,11 @@ def build_plan(config: dict, demo: bool = False, registered: dict[str, str] | No
             _need(e in cfg["experiments"] or e == "model_analysis",
                   f"target '{t}' names unknown experiment '{e}'")
     model_analysis = {}
-    if not demo:
+    if tier is None:
         for name, spec in (cfg.get("model_analysis") or {}).items():
             model_analysis[name] = _model_analysis(name, spec, runs, cfg)
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Plan(name="demo" if demo else "main", root=root, backend=backend, seeds=list(seeds), runs=runs,
+    return Plan(name=tier or "main", root=root, backend=backend, seeds=list(seeds), runs=runs,
                 skipped=skipped, experiments=experiments, methods=methods, targets=targets,
                 model_analysis=model_analysis, analysis=dict(cfg.get("analysis") or {}), config_digest=digest)
 
@@ -409,17 +438,19 @@ def write_json(plan: Plan, path: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python workflows/plan.py [CONFIG] [--demo] [--config-json JSON] [--write PLAN.json]: print or write the plan."""
+    """python workflows/plan.py [CONFIG] [--demo | --tier T] [--config-json JSON] [--write PLAN.json]: print or
+    write the plan."""
     import argparse
     p = argparse.ArgumentParser(prog="workflows/plan.py", description=main.__doc__)
     p.add_argument("config", nargs="?", default=str(Path(__file__).with_name("config.yaml")))
     p.add_argument("--config-json", help="the whole config as JSON (the workflow passes its merged config)")
-    p.add_argument("--demo", action="store_true", help="the demo's plan")
+    p.add_argument("--demo", action="store_true", help="the demo's plan (= --tier demo)")
+    p.add_argument("--tier", help="a tier's plan (config `tiers`: demo, cpu_smac, ...)")
     p.add_argument("--write", help="write the plan as JSON here (for `python -m analysis report --plan`)")
     a = p.parse_args(argv)
     try:
         cfg = json.loads(a.config_json) if a.config_json else load_config(a.config)
-        plan = build_plan(cfg, demo=a.demo)
+        plan = build_plan(cfg, tier=a.tier or ("demo" if a.demo else None))
     except PlanError as exc:
         print(f"workflow config error: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ rule plan_json:
 
 
 def _plan_of(root):
-    for plan in (PLAN, DEMO):
+    for plan in (PLAN, *TIERS.values()):
         if plan.root == root:
             return plan
     raise WorkflowError(f"no plan writes to {root}")
@@ -101,12 +101,15 @@ rule report:
         "{params.command}"
 
 
-rule demo:
-    localrule: True
-    input:
-        DEMO.markers(list(DEMO.experiments)),
-        PLAN_FILES["demo"],
-    params:
-        command=lambda w: report_command(DEMO, "demo"),
-    shell:
-        "{params.command}"
+# One target per tier (demo, cpu_smac, ...): its runs under {results}/{tier}/, then its report there.
+for _tier, _plan in TIERS.items():
+    rule:
+        name: _tier
+        localrule: True
+        input:
+            _plan.markers(list(_plan.experiments)),
+            PLAN_FILES[_tier],
+        params:
+            command=lambda w, c=report_command(_plan, _tier): c,
+        shell:
+            "{params.command}"

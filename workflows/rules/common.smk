@@ -21,16 +21,16 @@ def _load_plan_module():
 WP = _load_plan_module()
 try:
     PLAN = WP.build_plan(config)
-    DEMO = WP.build_plan(config, demo=True)
+    TIERS = {name: WP.build_plan(config, tier=name) for name in WP.tier_names(config)}  # demo, cpu_smac, ...
 except WP.PlanError as _exc:
     raise WorkflowError(f"workflow config error: {_exc}") from None
 
 if str(config.get("announce", True)).lower() not in ("false", "0", "no", "off"):
-    for _line in WP.summary(PLAN) + WP.summary(DEMO):
+    for _line in WP.summary(PLAN) + [line for _tier in TIERS.values() for line in WP.summary(_tier)]:
         print(_line, file=sys.stderr)
 
-RUNS = {**PLAN.by_rundir(), **DEMO.by_rundir()}
-PLAN_FILES = {"main": f"{PLAN.root}/workflow/plan.json", "demo": f"{DEMO.root}/workflow/plan.json"}
+RUNS = {k: v for plan in (PLAN, *TIERS.values()) for k, v in plan.by_rundir().items()}
+PLAN_FILES = {plan.name: f"{plan.root}/workflow/plan.json" for plan in (PLAN, *TIERS.values())}
 # Every resource key some planned run has (plus gpu), with the value of a run that lacks it.
 RESOURCE_DEFAULTS = {"gpu": 0}
 for _run in RUNS.values():
