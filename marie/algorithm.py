@@ -46,6 +46,12 @@ class Algorithm(ABC):
         self.device = device
         self.dtype = getattr(torch, run.get("dtype", "float32"))
 
+    @classmethod
+    def validate(cls, params: dict, run: dict, n_agents: int) -> None:
+        """Check the configuration without building anything or compiling an environment (`marie run
+        --dry-run` and the workflow's plan call it before any work): a one-line UserError on bad values.
+        The constructor must apply the same checks (call this) so a real run can never get further."""
+
     def initial_carry(self, num_envs: int) -> Any:
         return None
 

@@ -89,6 +89,7 @@ class RunDir:
         self.previous_checkpoint_file = self.checkpoint_dir / "previous.pt"
         self.log_file = self.path / "run.log"   # appended to by the workflow, one block per attempt
         self.checkpoint_note = ""                # set by load_checkpoint when it fell back to previous.pt
+        self.loaded_from = None                  # the checkpoint file load_checkpoint read
         self.analysis_dir = self.path / "analysis"
 
     # -- configuration ---------------------------------------------------------------------------
@@ -175,9 +176,11 @@ class RunDir:
             except Exception as exc:  # truncated or corrupt: never resume from it
                 problems.append(f"{path.name} is corrupt or truncated ({type(exc).__name__})")
                 continue
-            if problems:
-                self.checkpoint_note = f"{problems[0]}; resumed from {path.name}"
+            if problems:  # keep the unreadable file aside, so that the next save does not rotate it into previous.pt
+                os.replace(self.checkpoint_file, self.checkpoint_dir / "state.pt.corrupt")
+                self.checkpoint_note = f"{problems[0]} (kept as state.pt.corrupt); resumed from {path.name}"
                 print(f"{self.path}: {self.checkpoint_note}", file=sys.stderr)
+            self.loaded_from = path.name
             return state
         if problems:
             raise UserError(f"{self.checkpoint_dir}: no readable checkpoint ({'; '.join(problems)}); "

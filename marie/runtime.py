@@ -5,11 +5,14 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import platform
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -57,14 +60,57 @@ def prepare(*, algo: str, env: str, map_name: str, seed: int, steps: int, preset
                         f"{run['eval_sample']!r}")
     if run["progress"] not in ("auto", "always", "never"):
         raise UserError(f"run.progress must be auto, always or never, got {run['progress']!r}")
-    device = str(run["device"])
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"run.device is {device} but no CUDA device is visible; use --set run.device=cpu")
+    _check_device(str(run["device"]))
     if run["dtype"] not in ("float32", "float64", "bfloat16", "float16"):
         raise UserError(f"run.dtype must be float32, float64, bfloat16 or float16, got {run['dtype']!r}")
+    if not isinstance(run["tensorboard"], bool):
+        raise UserError(f"run.tensorboard must be true or false, got {run['tensorboard']!r}")
+    if run["tensorboard"] and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("run.tensorboard is true but the tensorboard package is not installed: "
+                        "`pip install tensorboard`, or --set run.tensorboard=false")
+    cls.validate(config["params"], run, spec.allies)  # the algorithm's own checks, without building it
     rundir = RunDir(out if out is not None else Path(results_root) / env / map_name / algo / f"seed{seed}")
-    rundir.check_compatible(config)
+    _check_writable(rundir.path)
+    old = rundir.existing_config()
+    if old is not None and _extends(config, old):
+        raise UserError(f"{rundir.path} holds this run with a budget of {old['steps']} steps; a smaller --steps "
+                        f"cannot shrink it (a larger one extends it)")
+    if not (old is not None and _extends(old, config)):
+        rundir.check_compatible(config)
     return config, rundir
+
+
+def _check_device(device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"run.device must be cpu, cuda or cuda:N, got {device!r} (--device or --set run.device=...)")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"run.device is {device} but no CUDA device is visible; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"run.device is {device} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+
+
+def _check_writable(path: Path) -> None:
+    """The run directory, or the deepest folder above it that exists, must be a writable folder."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {path}: {existing} is a file, not a folder; choose another --out")
+    try:  # os.access alone says yes to root on a read-only filesystem
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError:
+        raise UserError(f"--out {path}: {existing} is not writable; choose another --out") from None
+
+
+def _extends(old: dict, new: dict) -> bool:
+    """Is `new` the run of `old` with a larger budget? (Then it continues from the last checkpoint.)"""
+    return {**old, "steps": 0} == {**new, "steps": 0} and new["steps"] > old["steps"]
 
 
 def seed_everything(seed: int) -> None:
@@ -127,6 +173,7 @@ class Runner:
         self.run = config["run"]
         self.steps = int(config["steps"])
         self.seed = int(config["seed"])
+        self.tb = None  # a TensorBoard writer where run.tensorboard
 
     # -- set-up --------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -201,7 +248,8 @@ class Runner:
         })
 
     def _restore(self, ck: dict) -> None:
-        if ck.get("version") != CHECKPOINT_VERSION or ck.get("config") != self.config:
+        same = ck.get("config") == self.config or _extends(ck.get("config") or {}, self.config)
+        if ck.get("version") != CHECKPOINT_VERSION or not same:
             raise UserError(f"checkpoint {self.rundir.checkpoint_file} belongs to another configuration or version; "
                             f"delete it to start afresh")
         self.algo.load_state_dict(ck["algo"])
@@ -223,10 +271,15 @@ class Runner:
     # -- the loop ------------------------------------------------------------------------------------
     def train(self) -> dict:
         meta = self.rundir.read_meta()
+        extensions = list(meta.get("extensions", []))
         if meta.get("status") == "completed" and self.rundir.eval_file.exists():
-            print(f"{self.rundir.path}: already completed", file=sys.stderr)
-            return meta
-        checkpoint = self.rundir.load_checkpoint()  # refuses a corrupt one before any work
+            if int(meta.get("steps", 0)) >= self.steps:
+                print(f"{self.rundir.path}: already completed", file=sys.stderr)
+                return meta
+            extensions.append({"from_steps": meta["steps"], "to_steps": self.steps, "time": _now()})
+            print(f"{self.rundir.path}: extending the completed run from {meta['steps']} to {self.steps} steps",
+                  file=sys.stderr)
+        checkpoint = self.rundir.load_checkpoint()  # falls back to previous.pt; refuses if none is readable
         self._build()  # bad algorithm parameters fail here, before anything is written
         self.rundir.path.mkdir(parents=True, exist_ok=True)
         self.rundir.write_config(self.config)
@@ -256,11 +309,14 @@ class Runner:
             "host": platform.node(), "start_time": meta.get("start_time", _now()), "end_time": None,
             "status": "running", "message": "", "resume_count": resumes, "env_steps": self.env_steps,
             "counters": self.env.counters, "wall_s": round(self.wall_before, 3), "cpu_s": round(self.cpu_before, 3),
+            "extensions": extensions,
+            "resumed_from": self.rundir.loaded_from, "checkpoint_note": self.rundir.checkpoint_note,
             "eval_protocol": {"episodes": self.run["eval_episodes"], "every": self.run["eval_every"],
                               "mode": "sampled" if self.run["eval_sample"] else "greedy", "at_start": self.run["eval_at_start"],
                               "at_end": True},
         }
         self.rundir.write_meta(meta)
+        self.tb = self._tensorboard()
         try:
             self._loop(every)
         except BaseException as exc:
@@ -270,11 +326,39 @@ class Runner:
         finally:
             self.env.close()
             self.eval_env.close()
+            if self.tb is not None:
+                self.tb.close()
         return self.rundir.update_meta(status="completed", end_time=_now(), **self._progress_meta())
 
     def _show_progress(self) -> bool:
         mode = self.run["progress"]
         return mode == "always" or (mode == "auto" and sys.stderr.isatty())
+
+    def _tensorboard(self):
+        """A SummaryWriter into {run dir}/tensorboard/ where run.tensorboard; a resume purges the events
+        written after its checkpoint, so the curves equal an uninterrupted run's."""
+        if not self.run["tensorboard"]:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(self.rundir.path / "tensorboard"), purge_step=self.env_steps or None)
+
+    def _log_eval(self, row: dict) -> None:
+        """One line per evaluation where no progress bar is shown (Snakemake, SLURM, a pipe)."""
+        wall, last_steps, last_wall = row["wall_s"], *self.last_logged
+        steps = row["env_steps"] - last_steps
+        rate = f"{steps / (wall - last_wall):.0f} steps/s" if steps > 0 and wall > last_wall else "-"
+        self.last_logged = (row["env_steps"], wall)
+        win = "-" if row["win_rate"] is None else f"{row['win_rate']:.2f}"
+        print(f"[{self.config['algo']} {self.config['map']} seed {self.seed}] step {row['env_steps']}/{self.steps}"
+              f"  win {win}  return {row['return_mean']:.3f} ({row['eval_mode']})  wall {wall:.0f} s  {rate}",
+              file=sys.stderr, flush=True)
+
+    def _tb_scalars(self, prefix: str, row: dict) -> None:
+        if self.tb is None:
+            return
+        for key, value in row.items():
+            if key not in ("env_steps", "update") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tb.add_scalar(f"{prefix}/{key}", value, row["env_steps"])
 
     def _loop(self, every: int) -> None:
         from tqdm import tqdm
@@ -282,6 +366,12 @@ class Runner:
                    disable=not self._show_progress(), desc=f"{self.config['algo']} {self.config['map']} s{self.seed}")
         E = self.run["num_envs"]
         pending: list[dict] = []
+        log_lines = not self._show_progress()
+        self.last_logged = (self.env_steps, self._wall())
+        if log_lines:
+            start = f"resumed at step {self.env_steps}" if self.env_steps else "started"
+            print(f"[{self.config['algo']} {self.config['map']} seed {self.seed}] {start}, budget {self.steps} steps, "
+                  f"device {self.device}", file=sys.stderr, flush=True)
         while True:
             if self.env_steps >= self.next_eval or self.env_steps >= self.steps:
                 if not self.eval_rows or self.eval_rows[-1]["env_steps"] != self.env_steps:
@@ -290,6 +380,9 @@ class Runner:
                     self.eval_rows.append(row)
                     self.rundir.write_eval(self.eval_rows, self.eval_episode_rows)
                     bar.set_postfix(win=row["win_rate"], ret=f"{row['return_mean']:.2f}")
+                    self._tb_scalars("eval", row)
+                    if log_lines:
+                        self._log_eval(row)
                 while self.next_eval <= self.env_steps:
                     self.next_eval += self.run["eval_every"]
             if self.env_steps >= self.next_checkpoint or self.env_steps >= self.steps:
@@ -321,5 +414,7 @@ class Runner:
             keys = ["env_steps", "update"] + sorted({k for row in pending for k in row} - {"env_steps", "update", "wall_s"})
             self.train_columns = keys + ["wall_s"]
         self.rundir.append_train(pending, self.train_columns)
+        for row in pending:
+            self._tb_scalars("train", row)
         self.train_rows += len(pending)
         pending.clear()

@@ -148,14 +148,19 @@ class OnPolicyAlgorithm(Algorithm):
 
     action_spaces = ("discrete", "continuous")
 
+    @classmethod
+    def validate(cls, params, run, n_agents):
+        T, L = int(params["rollout_length"]), int(params["chunk_length"]) if params["recurrent"] else 1
+        if T % L:
+            raise UserError(f"params.rollout_length ({T}) must be a multiple of params.chunk_length ({L})")
+
     def __init__(self, env_info, params, run, device, seed):
         super().__init__(env_info, params, run, device, seed)
         p, info = self.params, env_info
+        self.validate(p, run, info.n_agents)
         self.N, self.A, self.continuous = info.n_agents, info.n_actions, info.continuous
         self.T, self.E = int(p["rollout_length"]), int(run["num_envs"])
         self.L = int(p["chunk_length"]) if p["recurrent"] else 1
-        if self.T % self.L:
-            raise UserError(f"params.rollout_length ({self.T}) must be a multiple of params.chunk_length ({self.L})")
         self.H = int(p["hidden"])
         self.stack = int(p["stacked_frames"])
         self.in_dim = info.obs_dim * self.stack + (self.N if p["agent_id"] else 0)
