@@ -106,6 +106,10 @@ class ValueDecompositionLearner(Algorithm):
         an auxiliary loss added to the TD loss, and metrics. hidden: the agents' GRU states [B, T+1, N, H]."""
         return {}, {}, None, {}
 
+    def mixer_diagnostics(self, q_tot: torch.Tensor, mixer_args: dict, mask: torch.Tensor) -> dict:
+        """Metrics about this update's mixer, computed without gradients (MBVD: the rollout's effect)."""
+        return {}
+
     # -- construction --------------------------------------------------------------------------------
     def __init__(self, env_info, params, run, device, seed):
         super().__init__(env_info, params, run, device, seed)
@@ -270,6 +274,10 @@ class ValueDecompositionLearner(Algorithm):
         penalty = getattr(self.mixer, "penalty", None)  # QPLEX's attention-logit regulariser
         if penalty is not None:
             loss = loss + penalty.float()
+        with torch.no_grad():
+            aux_metrics = {**aux_metrics, **self.mixer_diagnostics(q_tot.detach(), dict(
+                agent_qs=chosen.detach(), states=batch["state"][:, :-1], obs=batch["obs"][:, :-1],
+                actions_onehot=onehot, max_qs=max_q, **extra_online), mask)}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.params_list, p["grad_clip"])
