@@ -1,0 +1,42 @@
+"""workflows/reproduction.py: a tier's committed reproduction lists what is missing and collects only the
+small files of completed runs."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_status_and_collect(tmp_path):
+    repro = _module("marie_workflow_reproduction", ROOT / "workflows" / "reproduction.py")
+    WP = repro.WP
+    cfg = WP.load_config(ROOT / "workflows" / "config.yaml")
+    cfg["results"] = str(tmp_path / "results")
+    cfg["methods"] = {"Random": {"algo": "random"}}
+    cfg["tiers"]["cpu_smac"].update(maps=["3m"], methods=["Random"], seeds=[0, 1], presets={})
+    plan = WP.build_plan(cfg, tier="cpu_smac", registered={"random": "marie.random_policy:RandomPolicy"}, check=False)
+    done, partial = sorted(plan.runs.values(), key=lambda r: r.seed)
+    for run, status, steps in ((done, "completed", done.steps), (partial, "running", 400)):
+        d = Path(run.rundir)
+        (d / "checkpoint").mkdir(parents=True)
+        (d / "checkpoint" / "state.pt").write_bytes(b"big")
+        (d / "meta.json").write_text(json.dumps({"status": status, "env_steps": steps}))
+        (d / "eval.csv").write_text("env_steps,win_rate\n0,0.0\n")
+    into = tmp_path / "reproduced"
+    groups = repro.status(plan, Path("/"), into)
+    assert groups["finished, not collected"] == [done.key] and groups["started"][0].startswith(partial.key)
+    assert repro.collect(plan, Path("/"), into) == [done.key]
+    copied = into / "runs" / done.key
+    assert {p.name for p in copied.iterdir()} == {"meta.json", "eval.csv"}  # never the checkpoint
+    assert repro.status(plan, Path("/"), into)["committed"] == [done.key]
+    moved = json.loads((into / "plan.json").read_text())
+    assert all(r["root"] == str(into) for r in moved["runs"])

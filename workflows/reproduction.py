@@ -1,0 +1,126 @@
+"""The committed reproduction of a tier (paper_figures/reproduced/<tier>/): what is done, what is missing,
+and collecting finished runs into it.
+
+A tier's grid (e.g. cpu_smac: 84 runs) takes more CPU time than one sitting, so it is run in parts:
+
+    python workflows/reproduction.py status  --tier cpu_smac    # done / finished-not-collected / running / missing
+    snakemake --cores 2 cpu_smac                                # runs (or resumes) what is missing; Ctrl-C is safe
+    python workflows/reproduction.py collect --tier cpu_smac    # copy the small files of completed runs, rebuild
+                                                                # the committed report; then commit them
+
+Only small files are committed (config.yaml, meta.json, eval.csv, eval_episodes.csv, train.csv), never
+checkpoints. A run counts as done when its meta.json says completed at the tier's budget.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plan as WP  # noqa: E402  (workflows/plan.py, importable without Snakemake)
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_FILES = ("config.yaml", "meta.json", "eval.csv", "eval_episodes.csv", "train.csv")
+
+
+def reproduced_dir(tier: str) -> Path:
+    return ROOT / "paper_figures" / "reproduced" / tier
+
+
+def _state(rundir: Path, steps: int) -> tuple[str, int]:
+    meta_file = rundir / "meta.json"
+    if not meta_file.exists():
+        return "missing", 0
+    meta = json.loads(meta_file.read_text())
+    done = meta.get("status") == "completed" and int(meta.get("env_steps", 0)) >= steps
+    return ("completed" if done else meta.get("status", "unknown")), int(meta.get("env_steps", 0))
+
+
+def status(plan: WP.Plan, results_base: Path, into: Path) -> dict[str, list[str]]:
+    """Each planned run: committed | finished (in results, not collected yet) | running/failed | missing."""
+    groups: dict[str, list[str]] = {"committed": [], "finished, not collected": [], "started": [], "missing": []}
+    committed = into / "runs"
+    for run in plan.runs.values():
+        if _state(committed / run.key, run.steps)[0] == "completed":
+            groups["committed"].append(run.key)
+            continue
+        state, steps = _state(results_base / run.rundir, run.steps)
+        if state == "completed":
+            groups["finished, not collected"].append(run.key)
+        elif state == "missing":
+            groups["missing"].append(run.key)
+        else:
+            groups["started"].append(f"{run.key} ({state} at {steps}/{run.steps} steps)")
+    return groups
+
+
+def collect(plan: WP.Plan, results_base: Path, out: Path) -> list[str]:
+    """Copy the small files of every completed run into the committed reproduction; returns the keys copied."""
+    copied = []
+    for run in plan.runs.values():
+        src = results_base / run.rundir
+        if _state(src, run.steps)[0] != "completed":
+            continue
+        dst = out / "runs" / run.key
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in SMALL_FILES:
+            if (src / name).exists():
+                shutil.copy2(src / name, dst / name)
+        copied.append(run.key)
+    WP.write_json(_relocated(plan, out), out / "plan.json")
+    return copied
+
+
+def _relocated(plan: WP.Plan, out: Path) -> WP.Plan:
+    """The same plan with its run directories under the committed folder (relative to the repository)."""
+    import copy
+    moved = copy.deepcopy(plan)
+    moved.root = str(out.resolve().relative_to(ROOT)) if out.resolve().is_relative_to(ROOT) else str(out)
+    for run in moved.runs.values():
+        run.root = moved.root
+    return moved
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="workflows/reproduction.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("command", choices=["status", "collect"])
+    p.add_argument("--tier", default="cpu_smac")
+    p.add_argument("--config", default=str(ROOT / "workflows" / "config.yaml"))
+    p.add_argument("--results-base", default=str(ROOT), help="where the workflow's results/ folder lies")
+    p.add_argument("--into", help="the committed reproduction (default paper_figures/reproduced/<tier>)")
+    p.add_argument("--no-report", action="store_true", help="collect: do not rebuild the committed report")
+    a = p.parse_args(argv)
+    try:
+        plan = WP.build_plan(WP.load_config(a.config), tier=a.tier, check=False)
+    except WP.PlanError as exc:
+        print(f"workflow config error: {exc}", file=sys.stderr)
+        return 2
+    base = Path(a.results_base)
+    into = Path(a.into) if a.into else reproduced_dir(plan.name)
+    if a.command == "collect":
+        copied = collect(plan, base, into)
+        print(f"collected {len(copied)} completed runs into {into}/runs")
+        if copied and not a.no_report:
+            out = into
+            subprocess.run([sys.executable, "-m", "analysis", "report", "--plan", str(out / "plan.json"),
+                            "--out", str(out / "report"), "--target", plan.name], cwd=ROOT, check=True)
+    groups = status(plan, base, into)
+    total = len(plan.runs)
+    print(f"{plan.name}: {len(groups['committed'])}/{total} runs committed under {into}/runs")
+    for name in ("finished, not collected", "started", "missing"):
+        if groups[name]:
+            print(f"  {name} ({len(groups[name])}):")
+            for key in groups[name]:
+                print(f"    {key}")
+    if len(groups["committed"]) < total:
+        print(f"to continue: snakemake --cores 2 {plan.name}   (then: python workflows/reproduction.py collect "
+              f"--tier {plan.name}, and commit paper_figures/reproduced/{plan.name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
