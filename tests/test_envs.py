@@ -208,21 +208,23 @@ def test_registry_has_every_paper_map_on_every_backend():
     assert all(maps[m].status("smac") == "exact" for m in PAPER_SMAC_MAPS)
     assert {m for m in PAPER_SMAC_MAPS if maps[m].status("smax") == "exact"} == {"3m", "8m", "2s3z", "3s_vs_5z"}
     assert {m for m in PAPER_SMAC_MAPS if maps[m].status("smax") == "approximation"} == \
-        {"3s_vs_3z", "3s_vs_4z", "2m_vs_1z", "corridor"}
+        {"3s_vs_3z", "3s_vs_4z", "2m_vs_1z", "corridor", "1c3s5z", "MMM", "so_many_baneling", "2s_vs_1sc",
+         "2c_vs_64zg"}  # the last five with MARIE's added unit types (smax_units.py)
     assert maps["3s_vs_5z"].difficulty == "Hard" and maps["3s_vs_5z"].budget == 200_000
     assert maps["corridor"].budget == 400_000 and maps["3m"].episode_limit == 60
 
 
 def test_unavailable_map_names_alternatives():
     with pytest.raises(UserError) as err:
-        get_map("smax", "MMM")
+        get_map("smax", "HalfCheetah-2x3")
     msg = str(err.value)
-    assert "unavailable" in msg and "medivac" in msg and "3m" in msg and "smac" in msg
+    assert "unavailable" in msg and "mamujoco" in msg and "3m" in msg
     with pytest.raises(UserError, match="unknown map"):
         get_map("smax", "4m")
     with pytest.raises(UserError, match="unknown env"):
         get_map("starcraft", "3m")
-    assert "3m" in available_maps("smax") and "MMM" not in available_maps("smax")
+    assert "3m" in available_maps("smax") and "MMM" in available_maps("smax")
+    assert "HalfCheetah-2x3" not in available_maps("smax")
 
 
 @pytest.mark.parametrize("backend", ["smac", "smacv2"])

@@ -43,7 +43,8 @@ def small_config(tmp_path: Path, **changes) -> dict:
     """A config on top of workflows/config.yaml (Snakemake merges --configfile into it): random only."""
     cfg = {"results": str(tmp_path / "results"), "seeds": [0, 1], "announce": False,
            "methods": {"Random": {"algo": "random"}, "Nope": {"algo": "not_an_algo"}},
-           "experiments": {"smac": {"env": "{backend}", "maps": ["3m", "2s3z", "MMM"], "methods": ["Random", "Nope"]}}}
+           "experiments": {"smac": {"env": "{backend}", "maps": ["3m", "2s3z", "HalfCheetah-2x3"],
+                                     "methods": ["Random", "Nope"]}}}
     # the other experiments of workflows/config.yaml plan nothing here (keeps the parse fast and independent
     # of which algorithms other packages register)
     for name in DEFAULT["experiments"]:
@@ -94,12 +95,12 @@ def test_plan_reports_unavailable_maps_and_unregistered_methods_by_name(tmp_path
     plan = WP.build_plan(cfg, registered=ONLY_RANDOM)
     assert sorted(plan.runs) == sorted(f"smax/{m}/Random/seed{s}" for m in ("3m", "2s3z") for s in (0, 1))
     skipped = {(s["key"], s["kind"]) for s in plan.skipped}
-    assert ("smax/MMM/Random/seed0", "unavailable") in skipped
+    assert ("smax/HalfCheetah-2x3/Random/seed0", "unavailable") in skipped
     assert ("smax/3m/Nope/seed1", "unregistered") in skipped
     text = "\n".join(WP.summary(plan))
-    assert "MMM" in text and "medivac" in text and "not_an_algo" in text
+    assert "HalfCheetah-2x3" in text and "not a smax task" in text and "not_an_algo" in text
     # the switches make them errors
-    with pytest.raises(WP.PlanError, match="MMM.*unavailable on smax"):
+    with pytest.raises(WP.PlanError, match="HalfCheetah-2x3.*unavailable on smax"):
         WP.build_plan(dict(cfg, on_unavailable="fail"), registered=ONLY_RANDOM)
     cfg2 = merged(cfg, {"experiments": {"smac": {"env": "{backend}", "maps": ["3m"], "methods": ["Nope"]}}})
     with pytest.raises(WP.PlanError, match="not_an_algo.*not registered"):

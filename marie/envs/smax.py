@@ -61,13 +61,17 @@ def _compiled(scenario_key: tuple):
     from jaxmarl.environments.smax.smax_env import Scenario
 
     kind, payload = scenario_key
-    if kind == "builtin":
-        scenario = map_name_to_scenario(payload)
+    if kind == "units":  # unit types SMAX lacks: MARIE's subclass of SMAX's step (smax_units.py)
+        from marie.envs.smax_units import make_units_env
+        env = make_units_env(*payload)
     else:
-        allies, enemies = payload
-        scenario = Scenario(jnp.array(list(allies) + list(enemies), dtype=jnp.uint8), len(allies), len(enemies),
-                            False, False)
-    env = HeuristicEnemySMAX(scenario=scenario)
+        if kind == "builtin":
+            scenario = map_name_to_scenario(payload)
+        else:
+            allies, enemies = payload
+            scenario = Scenario(jnp.array(list(allies) + list(enemies), dtype=jnp.uint8), len(allies),
+                                len(enemies), False, False)
+        env = HeuristicEnemySMAX(scenario=scenario)
     agents = env.agents
     n_allies = env.num_allies
 
@@ -132,6 +136,9 @@ def _compiled(scenario_key: tuple):
 
 def scenario_key(spec: MapSpec) -> tuple:
     support = spec.support("smax")
+    if "register" in support and support.get("units") == "extended":
+        reg = support["register"]
+        return ("units", (tuple(reg["allies"]), tuple(reg["enemies"]), int(support.get("max_steps", 100))))
     if "register" in support:
         return ("custom", (tuple(support["register"]["allies"]), tuple(support["register"]["enemies"])))
     return ("builtin", support["scenario"])
