@@ -160,7 +160,8 @@ def _runs_table(coll: Collection, base: Path) -> str:
         if r.status == "missing":
             continue
         protocol = f"{r.eval_episodes or '?'} ep., {r.eval_mode or '?'}"
-        log = r.log if r.log and Path(r.log).exists() else None
+        logs = [p for p in (r.log, Path(r.rundir) / "run.log") if p and Path(p).exists()]  # workflow log, or the run's
+        log = logs[0] if logs else None
         lines.append(f"| {r.key} | {r.status} | {r.last_env_steps if r.last_env_steps is not None else '–'} / {r.budget} "
                      f"| {r.preset} | {protocol} | {hours(r.wall_s)} | {hours(r.cpu_s)} | {r.device or '?'} "
                      f"| {_link(r.rundir, base, 'run directory')} | {_link(log, base, 'log') if log else '–'} |")
