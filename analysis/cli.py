@@ -93,7 +93,7 @@ def cmd_item(args) -> int:
         raise SystemExit(f"analysis: error: unknown item '{args.item}'; items: {', '.join(reg)}")
     it = build(args.item, reg[args.item], collect(plan), Path(args.out), _settings(args, plan))
     print(f"{it.name}: {it.status}; files: {', '.join(it.files) or '-'}")
-    for n in it.notes:
+    for n in it.caption + it.notes:
         print(f"  {n}")
     if it.markdown:
         print(it.markdown)

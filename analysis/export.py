@@ -83,6 +83,11 @@ def marl_eval_json(coll: Collection) -> tuple[dict, list[str]]:
     if len(set(seed_sets.values())) > 1:
         notes.append("marl-eval needs the same seeds for every algorithm and task; here: " + "; ".join(
             f"{t}/{a}: {len(v)} seed(s)" for (e, t, a), v in seed_sets.items()))
+    for env, tasks in data.items():
+        algos = {a for t in tasks.values() for a in t}
+        gaps = [f"{t} lacks {', '.join(sorted(algos - set(a)))}" for t, a in tasks.items() if algos - set(a)]
+        if gaps:
+            notes.append(f"marl-eval needs every algorithm on every task of '{env}': " + "; ".join(gaps))
     if len(n_steps) > 1:
         notes.append(f"runs have different numbers of evaluation points ({sorted(n_steps)}); marl-eval's "
                      f"aggregation needs equal counts: export per experiment with equal budgets")
