@@ -308,3 +308,11 @@ def test_demo_report_says_demo(tmp_path):
     assert "Target `all_smac`" not in page and "Target `demo`" in page
     first_number = page.index("| 3m")
     assert page.index("not the paper's setting") < first_number
+
+
+def test_export_says_what_marl_eval_cannot_read(scanned):
+    data, notes = marl_eval_json(collect(plan_from_scan(scanned)).experiment("smac"))
+    assert "Random" in data["smax"]["3m"] and "Random" not in data["smax"][APPROX]
+    assert any(f"{APPROX} lacks Random" in n for n in notes)
+    assert any("1 run(s) have no eval_episodes.csv" in n and "smax/3m/Random/seed0" in n for n in notes)
+    assert data["smax"]["3m"]["Random"]["seed_0"]["step_1"]["win_rate"] == [0.0]  # one value: its mean
