@@ -51,11 +51,19 @@ def caption(runs: pd.DataFrame, whose: str = "Ours") -> list[str]:
         why = []
         if s["not_paper_preset"]:
             why.append(f"preset {', '.join(f'`{p}`' for p in s['not_paper_preset'])} (the paper's: `{PAPER_PRESET}`)")
-        if s["reduced"]:
+        if s["reduced"] and len(s["reduced"]) == len(s["budgets"]) > 2:   # every map: say it once
+            ours = sorted({x for b, _ in s["reduced"].values() for x in b})
+            paper = sorted({p for _, p in s["reduced"].values()})
+            why.append(f"budget {'/'.join(_steps(x) for x in ours)} env steps per run, the paper's "
+                       f"{_steps(paper[0])}{'-' + _steps(paper[-1]) if len(paper) > 1 else ''} per map")
+        elif s["reduced"]:
             why.append("budget " + ", ".join(f"{m} {'/'.join(_steps(x) for x in b)} of the paper's {_steps(p)}"
                                               for m, (b, p) in s["reduced"].items()) + " env steps")
         out.append(f"**{whose}: not the paper's setting**: {'; '.join(why)}. Do not read these numbers as the "
                    f"paper's.")
+    if len(s["modes"]) > 1 or len(s["episodes"]) > 1:
+        out.append(f"**{whose}: runs with different evaluation protocols** ({' and '.join(s['modes'])} actions, "
+                   f"{'/'.join(map(str, s['episodes']))} episodes): their numbers are not comparable.")
     budgets = {tuple(b) for b in s["budgets"].values()}
     budget = ("/".join(_steps(x) for x in next(iter(budgets))) + " env steps per run" if len(budgets) == 1 else
               ", ".join(f"{m} {'/'.join(_steps(x) for x in b)}" for m, b in s["budgets"].items()) + " env steps")

@@ -316,3 +316,17 @@ def test_export_says_what_marl_eval_cannot_read(scanned):
     assert any(f"{APPROX} lacks Random" in n for n in notes)
     assert any("1 run(s) have no eval_episodes.csv" in n and "smax/3m/Random/seed0" in n for n in notes)
     assert data["smax"]["3m"]["Random"]["seed_0"]["step_1"]["win_rate"] == [0.0]  # one value: its mean
+
+
+def test_caption_warns_before_the_setting_and_only_off_the_papers_setting():
+    from analysis.describe import caption
+    runs = pd.DataFrame({"variant": ["MARIE", "QMIX", "QMIX"], "map": ["3m", "3m", "8m"], "env": "smax",
+                         "preset": "paper", "budget": 100000, "last_env_steps": 100000, "eval_episodes": 10,
+                         "eval_every": 10000, "eval_mode": "greedy", "has_episodes": True})
+    (only,) = caption(runs)
+    assert "not the paper" not in only and "preset `paper`" in only and "100k env steps per run" in only
+    assert "10 episodes per point every 10k env steps, greedy actions" in only
+    short = runs.assign(last_env_steps=[100000, 50000, 100000], eval_mode=["greedy", "sampled", "greedy"])
+    warn, mixed, text = caption(short)
+    assert warn.startswith("**Ours: not the paper's setting**") and "3m 50k/100k of the paper's 100k" in warn
+    assert "different evaluation protocols" in mixed and "greedy and sampled" in mixed
