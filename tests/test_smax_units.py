@@ -24,7 +24,8 @@ def lab():
     from marie.envs.smax import _import_jax
     jax = _import_jax()
     from marie.envs.smax_units import make_units_env
-    env = make_units_env(ALLIES, ENEMIES)._env  # the SMAX subclass itself: every unit takes explicit actions
+    wrapper = make_units_env(ALLIES, ENEMIES)
+    env = wrapper._env  # the SMAX subclass itself: every unit takes explicit actions
     _, state = env.reset(jax.random.PRNGKey(0))
     step = jax.jit(env.step_env)
 
@@ -47,6 +48,7 @@ def lab():
         for k in range(steps):
             _, st, _, _, _ = step(jax.random.PRNGKey(k), st, acts)
         return env, before, st
+    run.wrapper = wrapper
     return run
 
 
@@ -81,6 +83,21 @@ def test_medivac_cannot_attack_and_only_anti_air_units_can_hit_it(lab):
     assert not np.asarray(avail[env.agents[MEDIVAC]][5:]).any()
     assert avail[env.agents[ENEMY_MARINE]][enemy_attacks(MEDIVAC)] == 1
     assert avail[env.agents[LING_A]][enemy_attacks(MEDIVAC)] == 0  # in melee range, but it flies
+
+
+def test_heuristic_enemy_sees_only_units_its_weapon_can_hit(lab):
+    import jax.numpy as jnp
+    env, before, _ = lab({MEDIVAC: [16.0, 8.0], ENEMY_MARINE: [18.0, 8.0], LING_A: [17.0, 8.5]})
+    obs = env.get_obs(before)
+    enemy_obs = jnp.stack([obs[a] for a in env.agents[N_ALLIES:]])
+    masked = np.asarray(lab.wrapper.targetable_obs(enemy_obs, team=1))
+    n_feat = len(env.unit_features)
+    # an enemy sees the allies after its own team, in reverse order (SMAX's unit list)
+    slot = len(ENEMIES) - 1 + (N_ALLIES - 1 - MEDIVAC)
+    medivac_seen = lambda o, unit: o[unit - N_ALLIES, slot * n_feat: (slot + 1) * n_feat]  # noqa: E731
+    assert np.abs(medivac_seen(np.asarray(enemy_obs), LING_A)).sum() > 0  # in sight...
+    assert np.abs(medivac_seen(masked, LING_A)).sum() == 0                 # ...but hidden from the zergling
+    assert np.array_equal(medivac_seen(masked, ENEMY_MARINE), medivac_seen(np.asarray(enemy_obs), ENEMY_MARINE))
 
 
 def test_baneling_burst_damages_every_unit_in_its_radius_and_removes_it(lab):

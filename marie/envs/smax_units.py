@@ -193,23 +193,18 @@ def make_units_env(allies, enemies, max_steps: int = 100):
             return state.replace(unit_positions=new_pos, unit_health=health + regen, unit_shields=shields + regen,
                                  unit_energy=energy, unit_since_damaged=since, unit_weapon_cooldowns=cooldown)
 
-    def targetable_obs(env, obs):
-        """Hide, in a unit's unit-list observation, the other team's units its weapon cannot hit (the
-        heuristic then neither aims at nor chases them). obs: [units, obs_dim], one row per unit of one team."""
-        n_feat, bits = len(env.unit_features), env.unit_type_bits
-        others = obs[:, : (env.num_agents - 1) * n_feat].reshape(obs.shape[0], env.num_agents - 1, n_feat)
-        seen_bits = others[..., 7: 7 + bits]
-        seen_air = air[jnp.argmax(seen_bits, axis=-1)] & (jnp.sum(seen_bits, axis=-1) > 0)
-        own_type = jnp.argmax(obs[:, -bits:], axis=-1)
-        return others, seen_air & ~hits_air[own_type][:, None], n_feat
-
     def mask_obs(env, obs, team: int):
-        others, hidden, _ = targetable_obs(env, obs)
+        """Hide, in each unit's unit-list observation (obs: [units of `team`, obs_dim]), the other team's units
+        its weapon cannot hit, so that JaxMARL's heuristic neither aims at nor chases them."""
+        n_feat, bits, n_others = len(env.unit_features), env.unit_type_bits, env.num_agents - 1
+        others = obs[:, : n_others * n_feat].reshape(obs.shape[0], n_others, n_feat)
+        seen_bits = others[..., 7: 7 + bits]  # the observed unit's one-hot type (zero when unseen)
+        seen_air = air[jnp.argmax(seen_bits, axis=-1)] & (jnp.sum(seen_bits, axis=-1) > 0)
+        blind = seen_air & ~hits_air[jnp.argmax(obs[:, -bits:], axis=-1)][:, None]
         own_team_size = env.num_allies if team == 0 else env.num_enemies
-        other_team = jnp.arange(env.num_agents - 1) >= own_team_size - 1
-        others = jnp.where((hidden & other_team[None, :])[..., None], 0.0, others)
-        return jnp.concatenate([others.reshape(obs.shape[0], -1), obs[:, others.shape[1] * others.shape[2]:]],
-                               axis=1)
+        other_team = jnp.arange(n_others) >= own_team_size - 1  # own team first, then the other (SMAX's order)
+        others = jnp.where((blind & other_team[None, :])[..., None], 0.0, others)
+        return jnp.concatenate([others.reshape(obs.shape[0], -1), obs[:, n_others * n_feat:]], axis=1)
 
     class UnitsHeuristicSMAX(HeuristicEnemySMAX):
         def __init__(self, **kwargs):
@@ -220,6 +215,9 @@ def make_units_env(allies, enemies, max_steps: int = 100):
                                                             attack_mode=self.attack_mode)
             self.observation_spaces = {a: self._env.observation_spaces[a] for a in self.agents}
             self.action_spaces = {a: self._env.action_spaces[a] for a in self.agents}
+
+        def targetable_obs(self, obs, team: int):
+            return mask_obs(self._env, obs, team)
 
         def get_enemy_actions(self, key, policy_state, enemy_obs):
             return super().get_enemy_actions(key, policy_state, mask_obs(self._env, enemy_obs, team=1))
