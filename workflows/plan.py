@@ -176,8 +176,9 @@ class _Checker:
             kind = "continuous" if spec.family == "mamujoco" else "discrete"
             if kind not in getattr(cls, "action_spaces", ("discrete",)):
                 return f"algo '{run.algo}' needs {'/'.join(cls.action_spaces)} actions; {run.map} has {kind} actions"
-            resolve_config(algo=run.algo, preset_file=cls.preset_file, preset=run.preset, env=run.env,
-                           map_name=run.map, seed=run.seed, steps=run.steps, overrides=run.overrides)
+            cfg = resolve_config(algo=run.algo, preset_file=cls.preset_file, preset=run.preset, env=run.env,
+                                 map_name=run.map, seed=run.seed, steps=run.steps, overrides=run.overrides)
+            cls.validate(cfg["params"], cfg["run"], spec.allies)
         except Exception as exc:  # UserError, or an algorithm module that does not import yet
             return f"algo '{run.algo}' rejects this run: {type(exc).__name__ if not str(exc) else exc}"
         return None
