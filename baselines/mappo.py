@@ -1,16 +1,16 @@
 """MAPPO (Yu et al. 2022, "The Surprising Effectiveness of PPO in Cooperative Multi-Agent Games").
 
-One actor shared by all agents (a one-hot agent id appended to its input where params.agent_id), recurrent
-(MLP + GRU, trained on chunks of params.chunk_length steps) or MLP as the reference picks per map; a centralised
-critic V(s) on the global state; GAE; PPO clipping; clipped Huber value loss on ValueNorm-normalised returns.
-Discrete actions use a categorical over the available actions; continuous ones (MaMuJoCo) a Gaussian with a
-state-independent log-std, sampled actions clipped to the bounds. The shared machinery is in
-baselines/common/onpolicy.py; the hyperparameters, with the reference's per-map choices, in configs/mappo.yaml.
+One actor shared by all agents (a one-hot agent id appended to its input where params.agent_id, and on SMAC-like
+backends the one-hot last action, as the reference's SMAC observations carry it), recurrent (MLP + GRU, trained
+on chunks of params.chunk_length steps) or MLP as the reference picks per map; GAE; PPO clipping; clipped Huber
+value loss on ValueNorm-normalised returns. Discrete actions use a categorical over the available actions;
+continuous ones (MaMuJoCo) a Gaussian with a state-independent log-std, sampled actions clipped to the bounds.
 
-Design choice: the critic is an MLP on the global state (the reference's rMAPPO also makes it recurrent). SMAC's
-and SMAX's global state already describes every unit, an MLP critic is exact to bootstrap from next_state at a
-time-limit truncation, and its values need not be stored while acting: they are recomputed in one batched pass
-at update time with the same (not yet updated) critic.
+Critic: the reference's SMAC setting by default (rMAPPO with use_state_agent): a recurrent critic on an
+agent-specific global state (the state, the agent's own observation, its one-hot id; zeros but the id while the
+agent is dead), one value per agent, the value loss masked to alive agents. `critic_input: state` gives one
+V(s) per environment (MaMuJoCo's default). The shared machinery is in baselines/common/onpolicy.py; the
+hyperparameters, with the reference's per-map choices, in configs/mappo.yaml; docs/onpolicy.md.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from baselines.happo import compound_factor
+from baselines.happo import HAPPO, compound_factor
 from marie.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -71,3 +71,18 @@ def test_resume_mid_rollout_equals_uninterrupted(tmp_path, monkeypatch):
     """As for MAPPO: per-agent actors and optimisers, storage and ValueNorm all come back from the checkpoint."""
     check_resume(tmp_path, monkeypatch, ["run", "--algo", "happo", "--env", "smax", "--map", "3m", "--seed", "2",
                                          "--preset", "smoke", "--set", "run.progress=never"])
+
+
+def test_smac_like_backends_use_harls_tuned_smac_configuration():
+    from marie.config import resolve_config
+    cfg = lambda env, m: resolve_config(algo="happo", preset_file=HAPPO.preset_file, preset="paper", env=env,  # noqa
+                                        map_name=m, seed=0, steps=100)
+    for env in ("smax", "smac", "smacv2"):
+        c = cfg(env, "3m")
+        p = c["params"]
+        assert (c["run"]["num_envs"], p["rollout_length"], p["hidden"], p["layers"]) == (20, 160, 64, 3)
+        assert p["recurrent"] and p["critic_recurrent"] and p["clip"] == 0.2 and p["critic_input"] == "state"
+    assert cfg("smac", "5m_vs_6m")["params"]["clip"] == 0.05
+    assert not cfg("smac", "corridor")["params"]["recurrent"]
+    m = cfg("mamujoco", "HalfCheetah-2x3")["params"]
+    assert not m["recurrent"] and m["hidden"] == 128 and m["rollout_length"] == 200 and m["clip"] == 0.1

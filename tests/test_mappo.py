@@ -59,3 +59,14 @@ def check_resume(tmp_path, monkeypatch, args):
     for name in ("eval.csv", "train.csv"):
         a, b = read(straight, name), read(resumed, name)
         pd.testing.assert_frame_equal(a.drop(columns="wall_s"), b.drop(columns="wall_s"))
+
+
+def test_smac_like_backends_default_to_the_reference_critic_and_actor_inputs():
+    from baselines.mappo import MAPPO
+    from marie.config import resolve_config
+    p = resolve_config(algo="mappo", preset_file=MAPPO.preset_file, preset="paper", env="smax", map_name="2s3z",
+                       seed=0, steps=100)["params"]
+    assert p["critic_input"] == "agent_state" and p["critic_recurrent"] and p["last_action"] and p["value_active_masks"]
+    m = resolve_config(algo="mappo", preset_file=MAPPO.preset_file, preset="paper", env="mamujoco",
+                       map_name="HalfCheetah-2x3", seed=0, steps=100)["params"]
+    assert m["critic_input"] == "state" and not m["critic_recurrent"]

@@ -1,4 +1,6 @@
 """The on-policy core shared by MAPPO and HAPPO: GAE, ValueNorm, chunking, masks, recurrent replay."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -182,7 +184,7 @@ def test_replaying_the_rollout_in_chunks_reproduces_the_acting_log_probs(algo_na
 
 
 def test_stacked_frames_hold_the_last_k_observations_and_restart_with_the_episode():
-    algo = make("mappo", discrete_info(), stacked_frames=3, agent_id="false")
+    algo = make("mappo", discrete_info(), stacked_frames=3, agent_id="false", last_action="false")
     rng = np.random.default_rng(3)
     carry = algo.initial_carry(E)
     seen = []
@@ -197,3 +199,69 @@ def test_stacked_frames_hold_the_last_k_observations_and_restart_with_the_episod
     torch.testing.assert_close(x[1:], torch.stack(seen[1:], 2)[1:])             # the last 3 observations, oldest first
     torch.testing.assert_close(x[0, :, :2], torch.zeros(N, 2, O))                 # a new episode: zeros before it
     torch.testing.assert_close(x[0, :, 2], seen[3][0])
+
+
+def test_the_actor_sees_the_one_hot_last_action_zero_at_an_episode_start():
+    algo = make("mappo", discrete_info(), agent_id="false")
+    rng = np.random.default_rng(4)
+    carry = algo.initial_carry(E)
+    ts = fake_ts(rng, algo.env_info, first=np.ones(E, bool))
+    actions, carry = algo.act(ts, carry, training=True)
+    assert (algo._last["x"][..., O:] == 0).all()                 # first step: no previous action
+    first = np.zeros(E, bool)
+    first[0] = True
+    algo.act(fake_ts(rng, algo.env_info, first=first), carry, training=True)
+    last = algo._last["x"][..., O:]
+    assert (last[0] == 0).all()                                   # env 0 restarted
+    torch.testing.assert_close(last[1:].argmax(-1), torch.as_tensor(actions[1:]))
+    assert (last[1:].sum(-1) == 1).all()
+
+
+def test_the_agent_state_critic_gives_one_value_per_agent_and_masks_dead_agents():
+    """The reference's SMAC critic: [state, own observation, id] per agent, zeroed (but for the id) while the agent
+    is dead; GAE per agent; the value loss only over alive agents."""
+    torch.manual_seed(0)
+    algo = make("mappo", discrete_info())
+    assert algo.agent_critic and algo.critic.gru is not None
+    state, obs = torch.randn(2, S), torch.randn(2, N, O)
+    alive = torch.tensor([[True, False, True], [True, True, True]])
+    x = algo._critic_input(state, obs, alive)
+    assert x.shape == (2, N, S + O + N)
+    assert (x[0, 1, : S + O] == 0).all() and x[0, 1, S + O + 1] == 1          # dead: only its id remains
+    torch.testing.assert_close(x[0, 0, :S], state[0])
+    torch.testing.assert_close(x[0, 2, S:S + O], obs[0, 2])
+    fill_rollout(algo, np.random.default_rng(5))
+    batch, _ = algo._prepare()
+    assert batch["v_old"].shape == batch["ret"].shape == batch["adv"].shape[:2] + (N,)
+    assert torch.equal(batch["value_mask"], batch["active"]) and not batch["value_mask"].all()
+    # a dead agent's value error does not enter the loss: corrupt its targets, the critic's loss is unchanged
+    algo.params["critic_epochs"] = 1
+    torch.manual_seed(1)
+    before = {k: v.clone() for k, v in algo.critic.state_dict().items()}
+    opt_state = copy.deepcopy(algo.critic_opt.state_dict())
+    loss_a = algo._update_critic(batch)["value_loss"]
+    algo.critic.load_state_dict(before)
+    algo.critic_opt.load_state_dict(opt_state)
+    corrupt = dict(batch, ret=torch.where(batch["value_mask"], batch["ret"], batch["ret"] + 100.0))
+    torch.manual_seed(1)
+    loss_b = algo._update_critic(corrupt)["value_loss"]
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+
+
+def test_the_recurrent_critic_in_chunks_reproduces_the_rollout_pass():
+    """Chunked critic training starts each chunk from the hidden state of the full-rollout pass: before any
+    update, the chunked values equal the values GAE used."""
+    torch.manual_seed(0)
+    algo = make("mappo", discrete_info())
+    fill_rollout(algo, np.random.default_rng(6))
+    batch, _ = algo._prepare()
+    v, _ = algo.critic.forward_seq(batch["cx"], batch["ch0"], batch["cfirst"])
+    torch.testing.assert_close(v, batch["v_old"], rtol=1e-5, atol=1e-5)
+
+
+def test_the_state_critic_is_one_value_per_environment():
+    algo = make("mappo", discrete_info(), critic_input="state", critic_recurrent="false")
+    fill_rollout(algo, np.random.default_rng(7))
+    batch, _ = algo._prepare()
+    assert algo.Nc == 1 and batch["v_old"].shape[-1] == 1 and batch["adv"].shape[-1] == N
+    torch.testing.assert_close(batch["adv"][..., 0], batch["adv"][..., 1])   # the team advantage for everyone

@@ -96,15 +96,36 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """V(s) on the global state: trunk then a linear output (gain from the preset). Output [..., 1] -> [...]."""
+    """V on the critic's input: trunk, optional GRU (rMAPPO's recurrent critic), then a linear output (gain from
+    the preset). Any leading batch dimensions; values drop the last dimension."""
 
-    def __init__(self, n_in: int, *, hidden: int, layers: int, feature_norm: bool, head_gain: float):
+    def __init__(self, n_in: int, *, hidden: int, layers: int, feature_norm: bool, head_gain: float,
+                 recurrent: bool = False):
         super().__init__()
         self.trunk = MLPTrunk(n_in, hidden, layers, feature_norm)
+        self.gru = GRU(hidden, hidden) if recurrent else None
         self.head = orthogonal_linear(hidden, 1, head_gain)
 
-    def forward(self, s: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(s)).squeeze(-1)
+    def forward(self, s: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step: s [..., n_in], h [..., H] (recurrent) -> (values [...], h')."""
+        f = self.trunk(s)
+        if self.gru is not None:
+            f, h = self.gru(f, h)
+        return self.head(f).squeeze(-1), h
+
+    def forward_seq(self, s: torch.Tensor, h0: torch.Tensor, first: torch.Tensor):
+        """s [L, B, ..., n_in], h0 [B, ..., H], first [L, B, ...] (the hidden state is zeroed where an episode
+        starts) -> values [L, B, ...] and the hidden state after each step [L, B, ..., H] (h0 repeated if MLP)."""
+        if self.gru is None:
+            return self.head(self.trunk(s)).squeeze(-1), h0.expand(s.shape[0], *h0.shape)
+        f = self.trunk(s)
+        h, feats, hs = h0, [], []
+        for t in range(s.shape[0]):
+            h = h * (~first[t]).unsqueeze(-1).to(h.dtype)
+            y, h = self.gru(f[t], h)
+            feats.append(y)
+            hs.append(h)
+        return self.head(torch.stack(feats)).squeeze(-1), torch.stack(hs)
 
 
 class StackedActors:

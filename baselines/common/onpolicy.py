@@ -8,6 +8,13 @@ Data layout: a rollout is `rollout_length` (T) steps of E environments and N age
 For recurrent actors it is cut into chunks of `chunk_length` (L) steps: [L, B = (T/L)*E, ...], each chunk
 starting from the GRU hidden state recorded while acting (zeroed inside a chunk where an episode starts).
 Mini-batches are drawn over chunks.
+
+Critic (`critic_input`): `agent_state` is the reference's SMAC setting (rMAPPO): one value per agent from an
+agent-specific global state [state, the agent's observation, its one-hot id], state and observation zeroed
+while the agent is dead (death masking), the value loss masked to alive agents (`value_active_masks`);
+`state` is V(s), one value per environment (HAPPO's EP state). `critic_recurrent` adds a GRU; the critic's
+values are recomputed over the whole rollout at update time from the critic's hidden state at the rollout's
+start (the critic has not changed since acting), so acting stores none.
 """
 from __future__ import annotations
 
@@ -150,9 +157,12 @@ class OnPolicyAlgorithm(Algorithm):
 
     @classmethod
     def validate(cls, params, run, n_agents):
-        T, L = int(params["rollout_length"]), int(params["chunk_length"]) if params["recurrent"] else 1
+        recurrent = params["recurrent"] or params["critic_recurrent"]
+        T, L = int(params["rollout_length"]), int(params["chunk_length"]) if recurrent else 1
         if T % L:
             raise UserError(f"params.rollout_length ({T}) must be a multiple of params.chunk_length ({L})")
+        if params["critic_input"] not in ("state", "agent_state"):
+            raise UserError(f"params.critic_input must be state or agent_state, got {params['critic_input']!r}")
 
     def __init__(self, env_info, params, run, device, seed):
         super().__init__(env_info, params, run, device, seed)
@@ -160,10 +170,13 @@ class OnPolicyAlgorithm(Algorithm):
         self.validate(p, run, info.n_agents)
         self.N, self.A, self.continuous = info.n_agents, info.n_actions, info.continuous
         self.T, self.E = int(p["rollout_length"]), int(run["num_envs"])
-        self.L = int(p["chunk_length"]) if p["recurrent"] else 1
+        self.L = int(p["chunk_length"]) if p["recurrent"] or p["critic_recurrent"] else 1
         self.H = int(p["hidden"])
         self.stack = int(p["stacked_frames"])
-        self.in_dim = info.obs_dim * self.stack + (self.N if p["agent_id"] else 0)
+        self.last_action = bool(p["last_action"]) and not self.continuous  # SMAC: the last action is observed
+        self.in_dim = info.obs_dim * self.stack + (self.A if self.last_action else 0) + (self.N if p["agent_id"] else 0)
+        self.agent_critic = p["critic_input"] == "agent_state"
+        self.Nc = self.N if self.agent_critic else 1  # values per environment
         if self.continuous:  # agents with fewer action dimensions than the widest are padded: mask those out
             dims = info.extra.get("agent_action_dims") or [self.A] * self.N
             self.dim_mask = (torch.arange(self.A)[None, :] < torch.tensor(dims)[:, None]).to(self.device, self.dtype)
@@ -173,8 +186,10 @@ class OnPolicyAlgorithm(Algorithm):
             self.dim_mask = None
         self.agent_ids = torch.eye(self.N, dtype=self.dtype)
         self._build_actors()
-        self.critic = Critic(info.state_dim, hidden=self.H, layers=p["layers"], feature_norm=p["feature_norm"],
-                             head_gain=p["value_gain"]).to(self.device, self.dtype)
+        critic_in = info.state_dim + (info.obs_dim + self.N if self.agent_critic else 0)
+        self.critic = Critic(critic_in, hidden=self.H, layers=p["layers"], feature_norm=p["feature_norm"],
+                             head_gain=p["value_gain"], recurrent=p["critic_recurrent"]).to(self.device, self.dtype)
+        self.critic_h = torch.zeros(self.E, self.Nc, self.H, dtype=self.dtype)  # entering the next rollout
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=p["critic_lr"], eps=p["adam_eps"],
                                            weight_decay=p["weight_decay"])
         self.value_norm = ValueNorm(p["value_norm_beta"], p["value_norm_epsilon"], p["value_norm_var_min"])
@@ -183,7 +198,9 @@ class OnPolicyAlgorithm(Algorithm):
             "x": ((self.N, self.in_dim), self.dtype), "h": ((self.N, self.H), self.dtype), "action": act_shape,
             "logp": ((self.N,), self.dtype), "avail": ((self.N, self.A), torch.bool), "active": ((self.N,), torch.bool),
             "first": ((), torch.bool), "state": ((info.state_dim,), self.dtype),
-            "next_state": ((info.state_dim,), self.dtype), "reward": ((), self.dtype),
+            "next_state": ((info.state_dim,), self.dtype), "obs": ((self.N, info.obs_dim), self.dtype),
+            "next_obs": ((self.N, info.obs_dim), self.dtype), "next_alive": ((self.N,), torch.bool),
+            "reward": ((), self.dtype),
             "terminated": ((), torch.bool), "done": ((), torch.bool)})
         self.updates = 0
         self._last = None
@@ -219,7 +236,8 @@ class OnPolicyAlgorithm(Algorithm):
     # -- acting --------------------------------------------------------------------------------------
     def initial_carry(self, num_envs: int) -> dict:
         return {"h": torch.zeros(num_envs, self.N, self.H, dtype=self.dtype),
-                "frames": torch.zeros(num_envs, self.N, self.stack, self.env_info.obs_dim, dtype=self.dtype)}
+                "frames": torch.zeros(num_envs, self.N, self.stack, self.env_info.obs_dim, dtype=self.dtype),
+                "last_action": torch.full((num_envs, self.N), -1, dtype=torch.long)}
 
     def act(self, ts: TimeStep, carry: dict, training: bool, greedy: bool = True):
         keep = torch.as_tensor(~ts.first, dtype=self.dtype)  # zero the carry where an episode starts
@@ -227,6 +245,9 @@ class OnPolicyAlgorithm(Algorithm):
         obs = torch.tensor(ts.obs, dtype=self.dtype)
         frames = torch.cat([carry["frames"][:, :, 1:] * keep[:, None, None, None], obs[:, :, None]], 2)
         x = frames.flatten(2)
+        if self.last_action:  # one-hot of the previous action, zeros at an episode's first step
+            last = carry["last_action"].masked_fill(keep[:, None] == 0, -1)
+            x = torch.cat([x, F.one_hot(last.clamp(min=0), self.A).to(x.dtype) * (last >= 0).unsqueeze(-1)], -1)
         if self.params["agent_id"]:
             x = torch.cat([x, self.agent_ids.expand(x.shape[0], -1, -1)], -1)
         avail = torch.tensor(ts.avail, device=self.device)
@@ -247,12 +268,14 @@ class OnPolicyAlgorithm(Algorithm):
             env_action = torch.max(torch.min(action, self.high), self.low).numpy().astype(np.float32)
         else:
             env_action = action.numpy()
-        return env_action, {"h": h_next, "frames": frames}
+        last_action = carry["last_action"] if self.continuous else action.long()
+        return env_action, {"h": h_next, "frames": frames, "last_action": last_action}
 
     def observe(self, ts: TimeStep, actions, ts_next: TimeStep) -> None:
         last, self._last = self._last, None
         self.buffer.add(**last, avail=ts.avail, active=ts.alive | ts.first[:, None], first=ts.first,
-                        state=ts.state, next_state=ts_next.next_state, reward=ts_next.reward,
+                        state=ts.state, next_state=ts_next.next_state, obs=ts.obs, next_obs=ts_next.next_obs,
+                        next_alive=ts_next.alive, reward=ts_next.reward,
                         terminated=ts_next.terminated, done=ts_next.done)
 
     # -- training ------------------------------------------------------------------------------------
@@ -264,31 +287,50 @@ class OnPolicyAlgorithm(Algorithm):
         self.updates += 1
         yield metrics
 
-    def _values(self, states: torch.Tensor) -> torch.Tensor:
-        """Critic output (normalised where value normalisation is on) and its denormalised value."""
-        v = self.critic(states)
-        return v, (self.value_norm.denormalize(v) if self.params["value_norm"] else v)
+    def _critic_input(self, state: torch.Tensor, obs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """state [..., S], obs [..., N, O], alive [..., N] -> the critic's input [..., Nc, D]."""
+        if not self.agent_critic:
+            return state.unsqueeze(-2)
+        lead = obs.shape[:-1]
+        keep = alive.unsqueeze(-1).to(obs.dtype) if self.params["death_masking"] else torch.ones_like(obs[..., :1])
+        ids = self.agent_ids.to(obs.device).expand(*lead, self.N)
+        return torch.cat([state.unsqueeze(-2).expand(*lead, state.shape[-1]) * keep, obs * keep, ids], -1)
+
+    def _denorm(self, v: torch.Tensor) -> torch.Tensor:
+        return self.value_norm.denormalize(v) if self.params["value_norm"] else v
 
     def _prepare(self) -> dict:
-        """GAE on the full rollout, value-target normalisation, advantage normalisation, chunking."""
+        """Critic pass over the rollout, GAE per value head, value-target normalisation, advantage normalisation,
+        chunking."""
         p, d = self.params, {k: v.to(self.device) for k, v in self.buffer.data.items()}
         with torch.no_grad():
-            v_old, value = self._values(d["state"])
-            _, next_value = self._values(d["next_state"])
-            adv, ret = compute_gae(d["reward"], value, next_value, d["terminated"], d["done"], p["gamma"],
-                                   p["gae_lambda"])
+            cx = self._critic_input(d["state"], d["obs"], d["active"])                  # [T, E, Nc, D]
+            next_cx = self._critic_input(d["next_state"], d["next_obs"], d["next_alive"])
+            cfirst = d["first"][..., None].expand(-1, -1, self.Nc)
+            h0 = self.critic_h.to(self.device)
+            v_old, h_after = self.critic.forward_seq(cx, h0, cfirst)                     # [T, E, Nc], [.., H]
+            next_v, _ = self.critic(next_cx, h_after)  # V of the state each transition reached, its own history
+            value, next_value = self._denorm(v_old), self._denorm(next_v)
+            per_head = lambda x: x[..., None].expand(-1, -1, self.Nc)  # noqa: E731  team quantities per value
+            adv, ret = compute_gae(per_head(d["reward"]), value, next_value, per_head(d["terminated"]),
+                                   per_head(d["done"]), p["gamma"], p["gae_lambda"])
             if p["value_norm"]:
                 self.value_norm.update(ret)
-            adv = adv[..., None].expand(-1, -1, self.N)  # the team advantage, for every agent
+            adv = adv.expand(-1, -1, self.N)  # V(s): the team advantage for every agent; else each agent's own
             if p["advantage_norm"]:
                 mean = masked_mean(adv, d["active"])
                 std = masked_mean((adv - mean) ** 2, d["active"]).sqrt()
                 adv = (adv - mean) / (std + 1e-5)
+            h_before = torch.cat([h0[None], h_after[:-1]])                                # entering each step
+            self.critic_h = h_after[-1].cpu()
+        value_mask = d["active"] if self.agent_critic and p["value_active_masks"] else torch.ones_like(cfirst)
         d["first"] = d["first"][..., None].expand(-1, -1, self.N)  # per agent, like every other actor input
         batch = {k: to_chunks(d[k], self.L) for k in ("x", "action", "logp", "avail", "active", "first")}
         batch["adv"] = to_chunks(adv, self.L)
         batch["h0"] = d["h"][:: self.L].reshape(-1, self.N, self.H)  # hidden state at each chunk's start
-        batch["state"], batch["v_old"], batch["ret"] = d["state"].flatten(0, 1), v_old.flatten(0, 1), ret.flatten(0, 1)
+        batch.update(cx=to_chunks(cx, self.L), cfirst=to_chunks(cfirst, self.L), v_old=to_chunks(v_old, self.L),
+                     ret=to_chunks(ret, self.L), value_mask=to_chunks(value_mask, self.L),
+                     ch0=h_before[:: self.L].reshape(-1, self.Nc, self.H))
         stats = {"adv_raw_mean": float((ret - value).mean()), "return_mean": float(ret.mean()),
                  "value_mean": float(value.mean())}
         return batch, stats
@@ -327,9 +369,10 @@ class OnPolicyAlgorithm(Algorithm):
         epochs = p["critic_epochs"] if p["critic_epochs"] is not None else p["ppo_epochs"]
         logs = []
         for _ in range(epochs):
-            for idx in self._minibatches(batch["state"].shape[0]):
-                v = self.critic(batch["state"][idx])
-                loss = clipped_value_loss(v, batch["v_old"][idx], target[idx], clip, p["huber_delta"]).mean()
+            for idx in self._minibatches(batch["cx"].shape[1]):
+                v, _ = self.critic.forward_seq(batch["cx"][:, idx], batch["ch0"][idx], batch["cfirst"][:, idx])
+                loss = masked_mean(clipped_value_loss(v, batch["v_old"][:, idx], target[:, idx], clip, p["huber_delta"]),
+                                   batch["value_mask"][:, idx])
                 norm = self._step(self.critic_opt, self.critic.parameters(), p["value_coef"] * loss)
                 logs.append(torch.stack([loss.detach(), norm]))
         value_loss, grad_norm = torch.stack(logs).mean(0).tolist()  # one host sync per update
@@ -345,7 +388,7 @@ class OnPolicyAlgorithm(Algorithm):
     def state_dict(self) -> dict:
         return {"actor": self._actor_state(), "critic": self.critic.state_dict(),
                 "critic_opt": self.critic_opt.state_dict(), "value_norm": self.value_norm.state_dict(),
-                "buffer": self.buffer.state_dict(), "updates": self.updates}
+                "buffer": self.buffer.state_dict(), "updates": self.updates, "critic_h": self.critic_h.clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self._load_actor_state(state["actor"])
@@ -354,3 +397,4 @@ class OnPolicyAlgorithm(Algorithm):
         self.value_norm.load_state_dict(state["value_norm"])
         self.buffer.load_state_dict(state["buffer"])
         self.updates = state["updates"]
+        self.critic_h = state["critic_h"].clone()
