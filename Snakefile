@@ -1,6 +1,6 @@
 # The MARIE reproduction workflow: every table and figure of the paper from one command.
 #
-#   snakemake --cores 2 demo                 # the all_smac pipeline at toy scale (~15 min on 2 CPU cores)
+#   snakemake --cores 2 demo                 # the all_smac pipeline at toy scale (duration: docs/workflow.md)
 #   snakemake --cores 36 all_smac            # Table 1 + Fig. 3, 13, 14 on the configured backend
 #   snakemake --profile workflows/profiles/slurm all_smac
 #   snakemake --cores 1 report               # the report of everything that exists so far

@@ -1,4 +1,4 @@
-"""The environment protocol every backend implements (see DESIGN.md, "Environment layer").
+"""The environment protocol every backend implements (see docs/design.md, "Environment layer").
 
 All arrays are numpy, batched over E parallel environments and N agents:
     obs [E, N, obs_dim] float32     state [E, state_dim] float32     avail [E, N, n_actions] bool
