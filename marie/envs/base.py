@@ -90,8 +90,8 @@ class MultiAgentVecEnv(ABC):
 
 class RewardScale(MultiAgentVecEnv):
     """Every team reward, and so every episode return, times `scale`: one reward convention for every
-    method, applied where make_env builds the environment (docs/rewards.md). `info.extra["reward_scale"]`
-    says which factor the algorithm sees."""
+    method, applied where make_env builds the environment (docs/rewards.md; make_env leaves a factor of 1
+    unwrapped). `info.extra["reward_scale"]` says which factor the algorithm sees."""
 
     def __init__(self, env: MultiAgentVecEnv, scale: float):
         self.env, self.scale = env, float(scale)
