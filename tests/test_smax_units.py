@@ -3,6 +3,8 @@
 Unit mechanics are checked on one small "lab" scenario holding every new type (one compilation), with
 hand-placed units and explicit actions; the maps are checked through the backend, vmapped over 64 envs.
 """
+import pickle
+
 import numpy as np
 import pytest
 
@@ -153,6 +155,11 @@ def test_new_maps_run_vmapped_and_match_the_registry(map_name):
         first_enemy.append(env.get_state()[1].state.unit_positions[:, info.n_agents])
         reset_since |= ts.first
     assert np.isfinite(ts.obs).all() and np.isfinite(ts.state).all()
+    # checkpoints pickle the state (with the added fields) and continue exactly from it
+    snapshot, actions = pickle.dumps(env.get_state()), random_actions(ts, rng)
+    first = env.step(actions)
+    env.set_state(pickle.loads(snapshot))
+    assert np.array_equal(env.step(actions).next_state, first.next_state)
     if map_name == "2s_vs_1sc":  # the spine crawler stands still under the heuristic enemy's move orders
         keep = ~reset_since
         assert keep.any() and np.allclose(first_enemy[0][keep], first_enemy[-1][keep])

@@ -20,8 +20,23 @@ from pathlib import Path
 
 import yaml
 
+from marie.envs.smax import _import_jax
+
+jax = _import_jax()  # sets JAX up (CPU, compile cache) before anything of JAX or JaxMARL is imported
+import jax.numpy as jnp  # noqa: E402
+from flax.struct import dataclass  # noqa: E402
+from jaxmarl.environments.smax.smax_env import State as SMAXState  # noqa: E402
+
 UNITS_FILE = Path(__file__).parent / "smax_units.yaml"
 SPLASH_KINDS = ("none", "line", "burst")
+
+
+@dataclass
+class UnitsState(SMAXState):
+    """SMAX's state and what the added behaviours remember (module level: checkpoints pickle it)."""
+    unit_shields: jax.Array        # the shield part of unit_health
+    unit_energy: jax.Array
+    unit_since_damaged: jax.Array  # seconds since the unit last took damage (shields regenerate after)
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,7 +57,6 @@ def unit_type_ids() -> dict[str, int]:
 
 def smax_unit_kwargs() -> dict:
     """SMAX's own constructor arguments for the whole table."""
-    import jax.numpy as jnp
     t = unit_table()
     col = lambda key: jnp.array(t[key], jnp.float32)  # noqa: E731
     return dict(unit_type_names=list(t["name"]), unit_type_shorthands=list(t["short"]),
@@ -53,14 +67,10 @@ def smax_unit_kwargs() -> dict:
 
 
 def make_units_env(allies, enemies, max_steps: int = 100):
-    """A HeuristicEnemySMAX over the extended unit table (imports JAX: call after marie.envs.smax set it up)."""
-    import jax
-    import jax.numpy as jnp
-    from flax.struct import dataclass
+    """A HeuristicEnemySMAX over the extended unit table."""
     from jaxmarl.environments.smax import HeuristicEnemySMAX
     from jaxmarl.environments.smax.heuristic_enemy import create_heuristic_policy
     from jaxmarl.environments.smax.smax_env import SMAX, Scenario
-    from jaxmarl.environments.smax.smax_env import State as SMAXState
 
     t = unit_table()
     col = lambda key, dtype=jnp.float32: jnp.array(t[key], dtype)  # noqa: E731
@@ -72,12 +82,6 @@ def make_units_env(allies, enemies, max_steps: int = 100):
     heal_rate, heal_range, hp_per_energy = col("heal_rate"), col("heal_range"), col("hp_per_energy")
     energy_start, energy_max, energy_regen = col("energy_start"), col("energy_max"), col("energy_regen")
     regen_rate, regen_delay = float(t["shield_regen"]["rate"]), float(t["shield_regen"]["delay"])
-
-    @dataclass
-    class UnitsState(SMAXState):
-        unit_shields: jax.Array        # the shield part of unit_health
-        unit_energy: jax.Array
-        unit_since_damaged: jax.Array  # seconds since the unit last took damage (shields regenerate after)
 
     def can_hit(attacker_types, target_types):
         return ~air[target_types] | hits_air[attacker_types]
