@@ -207,7 +207,7 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
            f"from StarCraft II.")
     if ref_coll is not None:
         readme = Path(reference) / "README.md"
-        page.p(f"Reference reproduction: `{reference}` ({int(ref_coll.runs['complete'].sum())} complete runs), "
+        page.p(f"Reference reproduction: `{reference}` ({int(ref_coll.runs['complete'].sum())} complete run(s)), "
                f"shown in Table 1 as the `(reference)` columns" + (f"; {_link(readme, out, 'its README')}."
                                                                    if readme.exists() else "."))
     methods = plan.get("methods") or {}
