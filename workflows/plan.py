@@ -49,6 +49,7 @@ class Run:
     threads: int
     resources: dict
     experiments: dict = field(default_factory=dict)   # experiment -> label of this run in that experiment
+    estimated_minutes: float | None = None              # measured cost per 100k steps x budget (None: unknown)
 
     @property
     def rundir(self) -> str:
@@ -342,6 +343,9 @@ def build_plan(config: dict, tier: str | None = None, registered: dict[str, str]
                 res = run_resources(default_res, method_res, preset, budget, res_cfg.get("max_runtime"),
                                     f"resources of {method}")
                 threads = int(res.pop("threads", 1))
+                per_100k = _for_preset({**default_res, **method_res}.get("runtime_per_100k"), preset,
+                                       f"resources of {method}.runtime_per_100k")
+                estimate = per_100k * budget / 100_000 if isinstance(per_100k, (int, float)) else None
                 overrides = _overrides(mcfg.get("set"), f"method '{method}'")
                 overrides += _overrides(v["set"], f"experiment '{exp_name}' variant '{vname}'")
                 overrides += _eval_overrides(exp_eval, budget, f"experiment '{exp_name}'")
@@ -353,7 +357,8 @@ def build_plan(config: dict, tier: str | None = None, registered: dict[str, str]
                     key = f"{env}/{map_name}/{vname}/seed{seed}"
                     run = Run(key=key, env=env, map=map_name, method=method, variant=vname, seed=int(seed),
                               algo=mcfg["algo"], preset=preset, steps=budget, overrides=overrides,
-                              difficulty=difficulty, root=root, threads=threads, resources=res)
+                              difficulty=difficulty, root=root, threads=threads, resources=res,
+                              estimated_minutes=estimate)
                     info = {"key": key, "experiment": exp_name, "method": method, "variant": vname,
                             "map": map_name, "seed": seed, "env": env, "steps": budget, "difficulty": difficulty}
                     if support["status"] == "unavailable":
@@ -416,6 +421,12 @@ def summary(plan: Plan, limit: int = 6) -> list[str]:
     """Human-readable lines: how many runs are planned and which are skipped, grouped by reason
     (the report lists every skipped run by name)."""
     lines = [f"workflow ({plan.name}): {len(plan.runs)} runs planned under {plan.root}/runs on backend {plan.backend}"]
+    known = [r for r in plan.runs.values() if r.estimated_minutes is not None]
+    if known:
+        hours = sum(r.estimated_minutes for r in known) / 60
+        core_h = sum(r.estimated_minutes * r.threads for r in known) / 60
+        lines.append(f"  estimated cost of {len(known)} runs: {hours:,.1f} run-hours, {core_h:,.1f} core-hours (measured "
+                     f"minutes per 100k steps, workflows/config.yaml `runtime_per_100k`, scaled by each budget)")
     groups: dict[str, list[str]] = {}
     for s in plan.skipped:
         groups.setdefault(s["reason"], []).append(f"{s['experiment']}:{s['key']}")
