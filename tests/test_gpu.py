@@ -1,0 +1,58 @@
+"""CUDA paths (skipped without a GPU; benchmarks/gpu_check.sh runs them on one): MARIE trains, acts and
+imagines on the GPU, the KV-cached imagination there equals recomputation, bf16 autocast keeps the losses
+finite, and a GPU world-model step agrees with the CPU one at float32 rounding."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from marie.algorithm import masked_uniform_actions
+from marie.config import resolve_config
+from marie.marie_agent import MARIEAgent
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _agent(env, device, **run):
+    cfg = resolve_config(algo="marie", preset_file=MARIEAgent.preset_file, preset="smoke", env="smax",
+                         map_name="3m", seed=0, steps=100, overrides=[f"run.{k}={v}" for k, v in run.items()])
+    cfg["params"]["training"]["buffer_size"] = 4000
+    torch.manual_seed(0)
+    agent = MARIEAgent(env.info, cfg["params"], cfg["run"], torch.device(device), 0)
+    rng = np.random.default_rng(0)
+    ts = env.reset(seed=0)
+    for _ in range(150):
+        actions = masked_uniform_actions(ts.avail, rng)
+        nxt = env.step(actions)
+        agent.observe(ts, actions, nxt)
+        ts = nxt
+    return agent, ts
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_marie_trains_acts_and_imagines_on_cuda(smax_3m, bf16):
+    agent, ts = _agent(smax_3m, "cuda", autocast_bf16=str(bf16).lower())
+    tr = agent.params["training"]
+    tr.update(learning_starts=0, train_every=1)
+    agent.since_train = 1
+    (metrics,) = list(agent.update(0))
+    assert all(np.isfinite(v) for k, v in metrics.items() if "loss" in k), metrics
+    assert next(agent.world_model.parameters()).is_cuda
+    actions, _ = agent.act(ts, agent.initial_carry(ts.first.shape[0]), training=False)
+    assert actions.shape == ts.avail.shape[:2] and ts.avail[np.arange(4)[:, None], np.arange(3), actions].all()
+
+
+def test_world_model_step_on_cuda_matches_cpu(smax_3m):
+    gpu, _ = _agent(smax_3m, "cuda")
+    cpu = copy.deepcopy(gpu)
+    cpu.device = torch.device("cpu")
+    for name in ("tokenizer", "world_model"):
+        getattr(cpu, name).to("cpu")
+    torch.manual_seed(1)
+    batch = cpu.world_model_batch(4)
+    weights = cpu.params["world_model"]["loss_weights"]
+    cpu.world_model.eval(), gpu.world_model.eval()
+    loss_cpu, _ = cpu.world_model.loss(batch, weights)
+    loss_gpu, _ = gpu.world_model.loss({k: v.cuda() for k, v in batch.items()}, weights)
+    assert loss_gpu.item() == pytest.approx(loss_cpu.item(), rel=1e-4)
