@@ -2,9 +2,9 @@
 # The SLURM path end to end, on a machine that is a (one-node) SLURM cluster with accounting (sacct +
 # slurmdbd), e.g. one built by a script such as slurm-single-node.sh. Run from anywhere:
 #
-#   bash benchmarks/slurm_check.sh            # about 10 minutes; CPU-light (one job at a time, one core)
+#   bash benchmarks/slurm_check.sh            # about 15 minutes; at most 2 jobs at a time (--jobs 2)
 #
-# A small grid (Random and MAPPO on SMAX 3m, seeds 0 and 1, smoke presets, 40k steps) goes through the
+# A small grid (Random and MAPPO on SMAX 3m, seeds 0 and 1, smoke presets, 100k steps) goes through the
 # profile workflows/profiles/slurm. While it runs, one MAPPO job is killed by its time limit (lowered to
 # 1 minute with scontrol once it runs) and one Random job is cancelled with scancel. Then it checks:
 #   - every job was submitted with the plan's -t / --mem / --cpus-per-task and no GPU;
@@ -20,8 +20,9 @@ cd "$(dirname "$0")/.."
 WORK=${WORK:-$(mktemp -d /tmp/marie-slurm-check.XXXXXX)}
 RESULTS=$WORK/results
 CFG=$WORK/config.yaml
-STEPS=40000
+STEPS=100000   # MAPPO smoke runs ~1000 steps/s here: long enough to be killed at 1 minute mid-run
 FAILED=0
+START=$(date +%FT%T)   # sacct: the jobs of this check only
 say() { echo "[$(date -u +%T)] $*"; }
 check() {  # check DESCRIPTION COMMAND...: print PASS/FAIL
     if "${@:2}"; then echo "PASS  $1"; else echo "FAIL  $1"; FAILED=1; fi
@@ -35,24 +36,29 @@ say "work folder $WORK; $(sinfo -h -o '%P %D nodes, %c CPUs, %m MB, time limit %
 echo "sbatch --gpus=1 on this cluster: $(sbatch --gpus=1 -o /dev/null --wrap true 2>&1 | head -1)"
 
 python - "$CFG" "$RESULTS" "$STEPS" <<'EOF'
+# Snakemake merges --configfile into workflows/config.yaml (nested mappings merge), so the other
+# experiments are emptied rather than left out. merged.yaml: the result, for the checks below.
 import sys, yaml
 cfg_path, results, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-cfg = yaml.safe_load(open("workflows/config.yaml"))
-cfg.update(results=results, seeds=[0, 1], preset="smoke", announce=False,
-           eval={"interval": 4000, "episodes": 4})
-cfg["maps"] = {"3m": dict(cfg["maps"]["3m"], budget=steps)}
-cfg["experiments"] = {"smac": {"env": "smax", "maps": ["3m"], "methods": ["Random", "MAPPO"]}}
-cfg["targets"] = {"all_smac": ["smac"]}
-cfg["model_analysis"] = {}
-cfg["tiers"] = {}
-cfg["resources"] = {"default": {"threads": 1, "mem_mb": 1000, "runtime": 10}, "max_runtime": 60,
-                    "methods": {"Random": {"runtime": 5}, "MAPPO": {"mem_mb": 2000, "runtime_per_100k": 20}}}
+base = yaml.safe_load(open("workflows/config.yaml"))
+cfg = {"results": results, "seeds": [0, 1], "preset": "smoke", "announce": False,
+       "eval": {"interval": 4000, "episodes": 4},
+       "maps": {"3m": dict(base["maps"]["3m"], budget=steps)},
+       "experiments": {**{name: {"maps": []} for name in base["experiments"]},
+                       "smac": {"env": "smax", "maps": ["3m"], "methods": ["Random", "MAPPO"]}},
+       "resources": {"default": {"threads": 1, "mem_mb": 1000, "runtime": 10}, "max_runtime": 60,
+                     "methods": {"Random": {"runtime": 5}, "MAPPO": {"mem_mb": 2000, "runtime_per_100k": 20}}}}
+def merge(a, b):
+    return {**a, **{k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v for k, v in b.items()}}
 yaml.safe_dump(cfg, open(cfg_path, "w"), sort_keys=False)
+yaml.safe_dump(merge(base, cfg), open(cfg_path.replace("config.yaml", "merged.yaml"), "w"), sort_keys=False)
 EOF
-SMK=(snakemake --profile workflows/profiles/slurm --configfile "$CFG" --jobs 1
+SMK=(snakemake --profile workflows/profiles/slurm --configfile "$CFG" --jobs 2
      --slurm-init-seconds-before-status-checks 5 all_smac)
 say "phase 1: ${SMK[*]}"
-"${SMK[@]}" > "$WORK/phase1.log" 2>&1 &
+# In the background, with SIGINT restored (bash ignores it in background jobs): Ctrl-C is the way out below.
+python -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
+    "${SMK[@]}" > "$WORK/phase1.log" 2>&1 &
 SMK_PID=$!
 
 rundir() { echo "$RESULTS/runs/smax/3m/$1/seed$2"; }
@@ -63,10 +69,13 @@ job_of() {  # job_of VARIANT SEED -> the id of its queued or running train job (
 }
 job_state() { squeue -h -j "$1" -o %T 2>/dev/null || true; }
 
-TIMED_OUT="" CANCELLED="" deadline=$((SECONDS + 900))
-while [ -z "$TIMED_OUT" ] || [ -z "$CANCELLED" ]; do
-    [ $SECONDS -lt $deadline ] || { say "gave up waiting for the jobs to run"; break; }
-    kill -0 $SMK_PID 2>/dev/null || { say "snakemake ended early"; break; }
+# Watch the queue: lower one running MAPPO job's time limit, cancel one Random job after its first
+# checkpoint. Snakemake then waits for the cancelled job forever (its job slot stays taken; the other slot
+# runs the rest), so phase 1 ends when none of our jobs has been queued or running for 150 s (longer than
+# Snakemake's status-check interval ever gets while a job of this grid runs).
+TAG="rule_train_wildcards_${RESULTS//\//_}_"
+TIMED_OUT="" CANCELLED="" idle=0 deadline=$((SECONDS + 1500))
+while kill -0 $SMK_PID 2>/dev/null && [ $idle -lt 150 ] && [ $SECONDS -lt $deadline ]; do
     for seed in 0 1; do
         id=$(job_of MAPPO $seed)
         if [ -z "$TIMED_OUT" ] && [ -n "$id" ] && [ "$(job_state "$id")" = RUNNING ]; then
@@ -82,58 +91,59 @@ while [ -z "$TIMED_OUT" ] || [ -z "$CANCELLED" ]; do
             say "Random seed $seed is job $id: cancelled with scancel after its first checkpoint"
         fi
     done
-    sleep 1
+    if squeue -h -o %k | grep -q "^$TAG"; then idle=0; else idle=$((idle + 2)); fi
+    sleep 2
 done
-
-# Snakemake now waits for the cancelled job forever. Wait until every other run is done, then a minute more.
-others_done() {
-    for v in Random MAPPO; do for s in 0 1; do
-        [ "$v/$s" = "Random/${CANCELLED_SEED:-x}" ] && continue
-        [ -f "$(rundir $v $s)/workflow.done" ] || return 1
-    done; done
-}
-while ! others_done && [ $SECONDS -lt $deadline ] && kill -0 $SMK_PID 2>/dev/null; do sleep 5; done
-say "the other runs are done; waiting 60 s more for snakemake to notice the cancelled job"
-sleep 60
 if kill -0 $SMK_PID 2>/dev/null; then
     HUNG=yes
-    say "snakemake still waits; sacct says: $(sacct -n -X -P -j "${CANCELLED:-0}" -o State | head -1). Interrupting it (Ctrl-C)"
+    say "no job queued for $idle s and snakemake still waits; sacct says job ${CANCELLED:-?} is" \
+        "'$(sacct -n -X -P -j "${CANCELLED:-0}" -o State | head -1)'. Interrupting it (Ctrl-C)"
     kill -INT $SMK_PID
     wait $SMK_PID || true
 else
     HUNG=no; wait $SMK_PID || true
 fi
+say "phase 1 ended: $(tail -1 "$WORK/phase1.log")"
 
 say "phase 2: the same command again"
 "${SMK[@]}" > "$WORK/phase2.log" 2>&1 || say "phase 2 exited with an error (see $WORK/phase2.log)"
 
 echo
-echo "== sacct: every job of this check"
-sacct -X -P -S "$(date -d '-1 hour' +%FT%T)" -o JobID,State,Timelimit,ReqMem,ReqCPUS,ReqTRES%60,Elapsed,Comment%90 \
-    | grep -E "JobID|rule_train" | sed "s|rule_train_wildcards_${RESULTS//\//_}_||"
+echo "== sacct: every job of this check (the run from Snakemake's 'submitted with SLURM jobid' lines)"
+# job id -> run: sacct keeps no job comment unless AccountingStoreFlags=job_comment, so read Snakemake's logs
+JOBS=$WORK/jobs.txt
+sed -n 's|.*submitted with SLURM jobid \([0-9]*\) (log: .*/rule_train/.*_3m_\([A-Za-z]*\)_\([0-9]*\)/.*|\1 \2 \3|p' \
+    "$WORK"/phase*.log > "$JOBS"
+sacct -X -P -S "$START" -o JobID,State,Timelimit,ReqMem,ReqCPUS,ReqTRES%60,Elapsed | while IFS= read -r line; do
+    run=$(awk -v id="${line%%|*}" '$1 == id {print "3m/" $2 "/seed" $3}' "$JOBS")
+    [ "${line%%|*}" = JobID ] && run=run
+    [ -n "$run" ] && echo "$line|$run"
+done
 echo
 echo "== checks"
 submitted_right() {  # every train job: -t, --mem (plus the plugin's fudge), cpus as planned; no GPU
-    python - "$CFG" <<'EOF'
+    python - "$WORK/merged.yaml" "$START" "$JOBS" "${TIMED_OUT:-none}" <<'EOF'
 import subprocess, sys, yaml
 sys.path.insert(0, "workflows")
 import plan
 runs = {r.key: r for r in plan.build_plan(yaml.safe_load(open(sys.argv[1])), check=False).runs.values()}
-out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", "now-3hours", "-o", "Timelimit,ReqMem,ReqCPUS,ReqTRES,Comment%200"],
+jobs = {i: (v, int(s)) for i, v, s in (line.split() for line in open(sys.argv[3]))}
+out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", sys.argv[2], "-o", "JobID,Timelimit,ReqMem,ReqCPUS,ReqTRES"],
                      capture_output=True, text=True).stdout
 ok, seen = True, 0
 for line in out.splitlines():
-    limit, mem, cpus, tres, comment = line.split("|")
-    run = next((r for r in runs.values() if comment.endswith(f"_{r.map}_{r.variant}_{r.seed}")), None)
-    if run is None or "rule_train" not in comment:
+    jobid, limit, mem, cpus, tres = line.split("|")
+    if jobid not in jobs:
         continue
+    run = next(r for r in runs.values() if (r.variant, r.seed) == jobs[jobid])
     seen += 1
     minutes = int(limit.split(":")[0]) * 60 + int(limit.split(":")[1]) if limit.count(":") == 2 else None
-    want = run.resources["runtime"]
+    want = 1 if jobid == sys.argv[4] else run.resources["runtime"]  # the job whose limit the check lowered
     mem_mb = float(mem.rstrip("M")) if mem.endswith("M") else float(mem.rstrip("G")) * 1024
-    good = (minutes in (want, 1) and mem_mb >= run.resources["mem_mb"] and int(cpus) == run.threads
+    good = (minutes == want and mem_mb >= run.resources["mem_mb"] and int(cpus) == run.threads
             and "gpu" not in tres)
-    print(f"      {run.key}: -t {limit} (planned {want} min), --mem {mem} (planned {run.resources['mem_mb']}), "
+    print(f"      job {jobid} {run.key}: -t {limit} (planned {run.resources['runtime']} min"
+          f"{', lowered to 1 by this check' if want == 1 else ''}), --mem {mem} (planned {run.resources['mem_mb']}), "
           f"cpus {cpus} (planned {run.threads}), tres {tres}: {'ok' if good else 'WRONG'}")
     ok &= good
 sys.exit(0 if ok and seen >= 4 else 1)
