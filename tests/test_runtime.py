@@ -99,7 +99,7 @@ BAD_INPUTS = [
     (["--algo", "nope", "--map", "3m", "--steps", "100"], "unknown algo 'nope'; valid algos"),
     (["--algo", "random", "--env", "sc3", "--map", "3m", "--steps", "100"], "unknown env 'sc3'"),
     (["--algo", "random", "--map", "4m", "--steps", "100"], "unknown map '4m'"),
-    (["--algo", "random", "--map", "MMM", "--steps", "100"], "unavailable on smax"),
+    (["--algo", "random", "--map", "HalfCheetah-2x3", "--steps", "100"], "unavailable on smax"),
     (["--algo", "random", "--map", "3m", "--steps", "0"], "--steps must be a positive integer"),
     (["--algo", "random", "--map", "3m", "--steps", "-5"], "--steps must be a positive integer"),
     (["--algo", "random", "--map", "3m", "--steps", "100", "--seed", "-1"], "--seed must be a non-negative"),
