@@ -51,7 +51,8 @@ for r in rows:
     if r.get("failed"):
         print(f"| {r['what']} | FAILED |")
     elif r["what"].startswith("wm"):
-        print(f"| world-model step, 30 x 15 x 3 ({r['what']}) | {r['step_s']:.3f} s, peak {r['peak_mb']:.0f} MB |")
+        print(f"| world-model step, {r['segments']} x {r['horizon']} x {r['agents']} ({r['what']}) | {r['step_s']:.3f} s, "
+              f"peak {r['peak_mb']:.0f} MB |")
     elif r["what"].startswith("imagine"):
         print(f"| imagination {r['rollouts']} x {r['agents']} x H{r['horizon']} ({r['what']}) | {r['imagine_s']:.3f} s, "
               f"peak {r['peak_mb']:.0f} MB |")
