@@ -1,10 +1,13 @@
 """MARIE learning on fixed data (tokenizer, world model), the replay buffer's segment masks, the smoke
 preset end to end through the CLI, resume equal to an uninterrupted run, and config errors."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from marie.algorithm import masked_uniform_actions
 from marie.config import resolve_config
@@ -133,11 +136,20 @@ def test_smoke_run_end_to_end_and_resume_equals_uninterrupted(tmp_path, monkeypa
     ("params.world_model.aggregation=mean", "aggregation"),
 ])
 def test_bad_config_values_are_one_line_errors(tmp_path, override, words):
-    config, rundir = prepare(algo="marie", env="smax", map_name="3m", seed=0, steps=1000, preset="smoke",
-                             overrides=[override], out=tmp_path / "bad")
+    with pytest.raises(UserError, match=words):  # prepare (and so --dry-run) refuses it: nothing is built
+        prepare(algo="marie", env="smax", map_name="3m", seed=0, steps=1000, preset="smoke",
+                overrides=[override], out=tmp_path / "bad")
+    config, _ = prepare(algo="marie", env="smax", map_name="3m", seed=0, steps=1000, preset="smoke",
+                        out=tmp_path / "good")
+    params = copy.deepcopy(config["params"])
+    keys = override.split("=")[0].split(".")[1:]
+    target = params
+    for k in keys[:-1]:
+        target = target[k]
+    target[keys[-1]] = yaml.safe_load(override.split("=")[1])
     info = EnvInfo(3, 75, 36, 8, 100, "smax", "x", "3m")
-    with pytest.raises(UserError, match=words):  # raised before any model is built
-        MARIEAgent(info, config["params"], config["run"], torch.device("cpu"), 0)
+    with pytest.raises(UserError, match=words):  # and the agent itself, before any model is built
+        MARIEAgent(info, params, config["run"], torch.device("cpu"), 0)
 
 
 def test_continuation_weights_are_the_probability_of_still_being_in_the_episode():
