@@ -64,7 +64,7 @@ def load_agent(run: str | Path, full: bool = False):
 def play_episodes(agent, config, episodes: int, seed: int) -> list[dict]:
     """One episode per environment, `episodes` environments in parallel, with the agent's evaluation policy."""
     from marie.envs import make_env
-    env = make_env(config["env"], config["map"], episodes)
+    env = make_env(config["env"], config["map"], episodes, reward_scale=config["run"].get("reward_scale", 1.0))
     ts = env.reset(seed=seed)
     carry = agent.initial_carry(episodes)
     obs, acts = [ts.obs], []
