@@ -131,8 +131,18 @@ class RunDir:
         atomic_write_text(self.eval_episodes_file, rows_to_csv(EVAL_EPISODE_COLUMNS, episode_rows))
         atomic_write_text(self.eval_file, rows_to_csv(EVAL_COLUMNS, rows))
 
+    def rewrite_train(self, columns: list[str]) -> None:
+        """Rewrite train.csv under these columns: a wider header when a metric is first reported after the
+        first write (e.g. the policy's losses once a staged warm-up ends; earlier rows get empty cells), or
+        the checkpoint's header on resume."""
+        if not self.train_file.exists():
+            return
+        with open(self.train_file, newline="") as f:
+            rows = list(csv.DictReader(f))
+        atomic_write_text(self.train_file, rows_to_csv(columns, rows))
+
     def append_train(self, rows: list[dict], columns: list[str]) -> None:
-        """Append rows; columns are fixed by the first write (new keys after that are dropped)."""
+        """Append rows under the file's columns (rewrite_train first where rows bring new keys)."""
         new_file = not self.train_file.exists() or self.train_file.stat().st_size == 0
         with open(self.train_file, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")

@@ -265,6 +265,8 @@ class Runner:
         self.wall_before, self.cpu_before = ck["wall_s"], ck.get("cpu_s", 0.0)
         self.eval_episode_rows = ck.get("eval_episode_rows", [])
         self.rundir.truncate_train(self.train_rows)
+        if self.train_columns is not None:  # the file may have been widened after this checkpoint
+            self.rundir.rewrite_train(self.train_columns)
         self.rundir.write_eval(self.eval_rows, self.eval_episode_rows)
         _set_rng_state(ck["rng"])
 
@@ -410,9 +412,14 @@ class Runner:
     def _flush_train(self, pending: list[dict]) -> None:
         if not pending:
             return
+        fixed = {"env_steps", "update", "wall_s"}
+        keys = {k for row in pending for k in row} - fixed
         if self.train_columns is None:
-            keys = ["env_steps", "update"] + sorted({k for row in pending for k in row} - {"env_steps", "update", "wall_s"})
-            self.train_columns = keys + ["wall_s"]
+            self.train_columns = ["env_steps", "update"] + sorted(keys) + ["wall_s"]
+        elif keys - set(self.train_columns):  # new metrics: widen the file instead of dropping them
+            known = [c for c in self.train_columns if c not in fixed]
+            self.train_columns = ["env_steps", "update"] + sorted(set(known) | keys) + ["wall_s"]
+            self.rundir.rewrite_train(self.train_columns)
         self.rundir.append_train(pending, self.train_columns)
         for row in pending:
             self._tb_scalars("train", row)

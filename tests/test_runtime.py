@@ -207,6 +207,38 @@ class ExplodingAlgorithm(Algorithm):
         self.n = state["n"]
 
 
+class LateMetricAlgorithm(Algorithm):
+    """Acts randomly; from its fourth update on it also reports `policy_loss` (as MARIE after a warm-up)."""
+    preset_file = CONFIG_DIR / "random.yaml"
+
+    def __init__(self, env_info, params, run, device, seed):
+        super().__init__(env_info, params, run, device, seed)
+        self.n = 0
+
+    def act(self, ts, carry, training, greedy=True):
+        return ts.avail.argmax(-1), carry
+
+    def update(self, env_steps):
+        if env_steps % 100 == 0:
+            self.n += 1
+            yield {"tokenizer_loss": 1.0 / self.n, **({"policy_loss": float(self.n)} if self.n >= 4 else {})}
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def test_metrics_first_reported_late_are_kept_and_resume_is_exact(tmp_path, monkeypatch):
+    monkeypatch.setitem(algorithm.ALGORITHMS, "late", f"{__name__}:LateMetricAlgorithm")
+    straight, _ = assert_resume_equals_uninterrupted(tmp_path, monkeypatch, 400, files=("train.csv",), algo="late",
+                                                     env="smax", map_name="3m", seed=0, steps=1200, preset="smoke")
+    train = pd.read_csv(straight / "train.csv")
+    assert train["policy_loss"].isna().tolist() == [True] * 3 + [False] * (len(train) - 3)
+    assert train["policy_loss"].dropna().tolist() == [float(n) for n in range(4, len(train) + 1)]
+
+
 def test_non_finite_loss_stops_the_run_naming_update_and_loss(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(algorithm.ALGORITHMS, "exploding", f"{__name__}:ExplodingAlgorithm")
     out = tmp_path / "x"
