@@ -19,6 +19,7 @@ from analysis.cost import cost_markdown, cost_table
 from analysis.describe import caption
 from analysis.items import Item, Settings, build
 from analysis.load import Collection, collect, plan_from_scan
+from analysis.tables import final_scores, summarize
 
 
 def _git_commit() -> str:
@@ -147,6 +148,43 @@ def _md_table_html(md: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+REPRODUCTION_DOC = "docs/reproduction.md"
+
+
+def marie_statement(coll: Collection, plan_name: str | None) -> list[str]:
+    """A plain sentence per map: is MARIE's final win rate above every other method's (mean over seeds), and
+    is the gap larger than the seeds' spread? Said before any table, with the scale it holds at."""
+    scores = final_scores(coll)
+    scores = scores[scores["variant"] == scores["method"]]  # the methods' plain runs, not ablation variants
+    if not len(scores) or "MARIE" not in set(scores["method"]):
+        return []
+    lines = []
+    if plan_name == "demo":
+        lines.append("**This is the demo: toy scale (a few thousand environment steps, 2 seeds, test-sized presets "
+                     "for the baselines), not the paper's setting. Its numbers support no claim about MARIE.** "
+                     f"The CPU reproduction (`cpu_smac` tier, {REPRODUCTION_DOC}; committed runs under "
+                     "`paper_figures/reproduced/cpu_smac/`) is where the comparison is made.")
+    table = summarize(scores, ["map", "method"])
+    verdicts = []
+    for map_name, g in table.groupby("map", sort=True):
+        g = g.set_index("method")
+        if "MARIE" not in g.index or len(g) < 2:
+            continue
+        m, others = g.loc["MARIE"], g.drop(index="MARIE")
+        best = others["mean"].idxmax()
+        if m["mean"] > others["mean"].max():
+            clear = m["mean"] - m["std"] > others.loc[best, "mean"] + others.loc[best, "std"]
+            verdicts.append(f"{map_name}: MARIE ahead ({m['mean']:.2f} vs {best} {others.loc[best, 'mean']:.2f}"
+                            f"{'' if clear else ', within the seeds’ spread'})")
+        else:
+            verdicts.append(f"{map_name}: MARIE **not** ahead ({m['mean']:.2f}; best {best} "
+                            f"{others.loc[best, 'mean']:.2f})")
+    if verdicts:
+        lines.append("At equal environment steps, final win rate (the protocol's mode, mean over seeds): "
+                     + "; ".join(verdicts) + ".")
+    return lines
+
+
 def _link(path, base: Path, text: str | None = None) -> str:
     return f"[{text or Path(path).name}]({os.path.relpath(path, base)})" if path else "–"
 
@@ -205,6 +243,8 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
            f"{len(coll.problems)} problems (missing, unfinished, short or skipped runs, listed at the end). "
            f"Numbers are from the `{plan.get('backend')}` backend: see `marie maps` for how each map differs "
            f"from StarCraft II.")
+    for line in marie_statement(coll, plan.get("name")):
+        page.p(line)
     if ref_coll is not None:
         readme = Path(reference) / "README.md"
         page.p(f"Reference reproduction: `{reference}` ({int(ref_coll.runs['complete'].sum())} complete run(s)), "

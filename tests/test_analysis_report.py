@@ -308,6 +308,17 @@ def test_demo_report_says_demo(tmp_path):
     assert "Target `all_smac`" not in page and "Target `demo`" in page
     first_number = page.index("| 3m")
     assert page.index("not the paper's setting") < first_number
+    # equal wins: the report says plainly that MARIE is not ahead, and points to the CPU reproduction
+    assert page.index("support no claim about MARIE") < first_number and "docs/reproduction.md" in page
+    assert page.index("3m: MARIE **not** ahead") < first_number
+
+
+def test_report_says_map_by_map_whether_marie_is_ahead(scanned):
+    from analysis.load import collect, plan_from_scan
+    from analysis.report import marie_statement
+    (line,) = marie_statement(collect(plan_from_scan(scanned)), "scan")
+    assert "3m: MARIE ahead (1.00 vs QMIX 0.38)" in line and "within" not in line.split(";")[0]
+    assert f"{APPROX}: MARIE ahead" in line
 
 
 def test_export_says_what_marl_eval_cannot_read(scanned):
