@@ -207,27 +207,13 @@ class ExplodingAlgorithm(Algorithm):
         self.n = state["n"]
 
 
-class LateMetricAlgorithm(Algorithm):
-    """Acts randomly; from its fourth update on it also reports `policy_loss` (as MARIE after a warm-up)."""
-    preset_file = CONFIG_DIR / "random.yaml"
-
-    def __init__(self, env_info, params, run, device, seed):
-        super().__init__(env_info, params, run, device, seed)
-        self.n = 0
-
-    def act(self, ts, carry, training, greedy=True):
-        return ts.avail.argmax(-1), carry
+class LateMetricAlgorithm(ExplodingAlgorithm):
+    """From its fourth update on it also reports `policy_loss` (as MARIE after its warm-up); never NaN."""
 
     def update(self, env_steps):
         if env_steps % 100 == 0:
             self.n += 1
             yield {"tokenizer_loss": 1.0 / self.n, **({"policy_loss": float(self.n)} if self.n >= 4 else {})}
-
-    def state_dict(self):
-        return {"n": self.n}
-
-    def load_state_dict(self, state):
-        self.n = state["n"]
 
 
 def test_metrics_first_reported_late_are_kept_and_resume_is_exact(tmp_path, monkeypatch):
