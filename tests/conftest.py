@@ -26,3 +26,17 @@ def smax_3m():
     """One SMAX 3m environment with the smoke size, shared by the whole session (reset it before use)."""
     from marie.envs import make_env
     return make_env("smax", "3m", SMOKE_NUM_ENVS)
+
+
+def fill_with_random_play(agent, env, steps: int, seed: int = 0):
+    """Feed `steps` vectorised steps of uniform random play into an agent's buffer; returns the last TimeStep."""
+    import numpy as np
+    from marie.algorithm import masked_uniform_actions
+    rng = np.random.default_rng(seed)
+    ts = env.reset(seed=seed)
+    for _ in range(steps):
+        actions = masked_uniform_actions(ts.avail, rng)
+        nxt = env.step(actions)
+        agent.observe(ts, actions, nxt)
+        ts = nxt
+    return ts

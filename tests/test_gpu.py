@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from marie.algorithm import masked_uniform_actions
 from marie.config import resolve_config
 from marie.marie_agent import MARIEAgent
+from conftest import fill_with_random_play
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -20,14 +20,7 @@ def _agent(env, device, **run):
     cfg["params"]["training"]["buffer_size"] = 4000
     torch.manual_seed(0)
     agent = MARIEAgent(env.info, cfg["params"], cfg["run"], torch.device(device), 0)
-    rng = np.random.default_rng(0)
-    ts = env.reset(seed=0)
-    for _ in range(150):
-        actions = masked_uniform_actions(ts.avail, rng)
-        nxt = env.step(actions)
-        agent.observe(ts, actions, nxt)
-        ts = nxt
-    return agent, ts
+    return agent, fill_with_random_play(agent, env, 150)
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -9,13 +9,13 @@ import pytest
 import torch
 import yaml
 
-from marie.algorithm import masked_uniform_actions
 from marie.config import resolve_config
 from marie.envs.base import EnvInfo
 from marie.errors import UserError
 from marie.marie_agent import MARIEAgent
 from marie.replay import ReplayBuffer
 from marie.runtime import prepare
+from conftest import fill_with_random_play
 from resume_check import assert_resume_equals_uninterrupted
 
 
@@ -40,13 +40,7 @@ def smax_agent(smax_3m):
     cfg = smoke_config(**{"training.buffer_size": 4000, "horizon": 4})
     torch.manual_seed(0)
     agent = MARIEAgent(smax_3m.info, cfg["params"], cfg["run"], torch.device("cpu"), 0)
-    rng = np.random.default_rng(0)
-    ts = smax_3m.reset(seed=0)
-    for _ in range(150):
-        actions = masked_uniform_actions(ts.avail, rng)
-        nxt = smax_3m.step(actions)
-        agent.observe(ts, actions, nxt)
-        ts = nxt
+    fill_with_random_play(agent, smax_3m, 150)
     return agent
 
 
