@@ -189,11 +189,11 @@ class MARIEAgent(Algorithm):
                   ("behaviour", lambda: self.train_behaviour(self.params["imagination"]["policy_updates"]),
                    tr["policy_from_round"])]
         for name, train, first_round in phases:
-            start = time.perf_counter()
+            start = self._clock()
             if self.rounds >= first_round:
                 metrics.update(train())
             if name != "behaviour":  # behaviour splits its own time into imagination and PPO
-                metrics[f"time_{name}_s"] = time.perf_counter() - start
+                metrics[f"time_{name}_s"] = self._clock() - start
         metrics["buffer_size"] = len(self.replay)
         yield metrics
 
@@ -284,6 +284,13 @@ class MARIEAgent(Algorithm):
         return {"obs": obs[:, hist], "stack": stack.contiguous(), "last": last,
                 "avail": None if self.continuous else t["avail"][:, hist]}
 
+    def _clock(self) -> float:
+        """Seconds for the per-phase timings; on a GPU after its queued work (one sync per phase and round),
+        so that asynchronous kernels are charged to the phase that launched them."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
     def _recon_clamp(self) -> float | None:
         """Only SMAC-like observations have a known range ([-1, 1]); continuous control's are unbounded."""
         clamp = self.params["imagination"]["recon_clamp"]
@@ -295,14 +302,14 @@ class MARIEAgent(Algorithm):
         t_imagine = t_ppo = 0.0
         for _ in range(rounds):
             self.tokenizer.eval(), self.world_model.eval(), self.actor.eval()
-            start = time.perf_counter()
+            start = self._clock()
             with self.autocast():
                 traj = imagine(self.tokenizer, self.world_model, self.actor,
                                self.imagination_start(ic["rollouts"]), self.H, self.obs_cfg, self.n_choices,
                                chunk=ic["chunk"], recon_clamp=self._recon_clamp())
-            middle = time.perf_counter()
+            middle = self._clock()
             logs.append(self.ppo(traj))
-            t_imagine, t_ppo = t_imagine + middle - start, t_ppo + time.perf_counter() - middle
+            t_imagine, t_ppo = t_imagine + middle - start, t_ppo + self._clock() - middle
         return {**_mean_metrics(logs), "time_imagination_s": t_imagine, "time_ppo_s": t_ppo}
 
     def ppo(self, traj: dict) -> dict:
