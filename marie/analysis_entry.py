@@ -100,6 +100,7 @@ def compounding_error(run: str, episodes: int = 10, segments: int = 1000, horizo
     rng = np.random.default_rng(seed)
     pick = [usable[j] for j in rng.integers(len(usable), size=segments)]
     real = np.stack([eps[i]["obs"][t: t + H + 1] for i, t in pick])           # [B, H+1, N, O]
+    real = agent.obs_norm(real)   # the space the models work in (identity where obs_norm is off)
     acts = np.stack([eps[i]["actions"][t: t + H] for i, t in pick])            # [B, H, N(, m)]
     if agent.continuous:
         low, high = np.array(agent.env_info.action_low), np.array(agent.env_info.action_high)
@@ -122,7 +123,8 @@ def compounding_error(run: str, episodes: int = 10, segments: int = 1000, horizo
     meta = {"run": str(rundir.path), "env": config["env"], "map": config["map"], "episodes": episodes,
             "segments": B, "horizon": H, "seed": seed, "policy": "final checkpoint, evaluation policy "
             f"({'sampled' if config['run'].get('eval_sample') else 'greedy'})", "actions": "real (open loop)",
-            "tokens": "sampled from the world model", "episode_lengths": [len(e["actions"]) for e in eps]}
+            "tokens": "sampled from the world model",
+            "observations": "normalised (params.obs_norm)" if agent.obs_norm.enabled else "raw", "episode_lengths": [len(e["actions"]) for e in eps]}
     atomic_write_text(rundir.analysis_dir / "compounding_error.json", json.dumps(meta, indent=2) + "\n")
     return out
 

@@ -26,6 +26,7 @@ from marie.imagination import imagine, one_hot_last
 from marie.models.actor_critic import Actor, Critic, log_prob_entropy, policy_input, sample_actions
 from marie.models.tokenizer import build_tokenizer
 from marie.models.world_model import WorldModel
+from marie.obs_norm import ObservationNormalizer, check_obs_norm_params
 from marie.replay import ReplayBuffer
 from marie.returns import lambda_returns, ppo_clip_loss
 
@@ -78,6 +79,8 @@ def validate_params(p: dict, n_agents: int) -> None:
         raise UserError(f"params.imagination.recon_clamp must be a positive number or null, got {clamp!r}")
     if not isinstance(p["imagination"]["continuation_weights"], bool):
         raise UserError("params.imagination.continuation_weights must be true or false")
+    if "obs_norm" in p:  # set for continuous-control backends only (marie.yaml, envs.mamujoco)
+        check_obs_norm_params(p["obs_norm"], "params.obs_norm")
 
 
 class MARIEAgent(Algorithm):
@@ -128,7 +131,10 @@ class MARIEAgent(Algorithm):
         if not self.continuous:
             fields["avail"] = ((self.N, A), bool)
             fields["next_avail"] = ((self.N, A), bool)
-        self.replay = ReplayBuffer(int(tr["buffer_size"]), E, fields)
+        self.replay = ReplayBuffer(int(tr["buffer_size"]), E, fields)  # raw observations
+        # every observation entering a model goes through obs_norm (marie/obs_norm.py), frozen when training starts
+        on = p.get("obs_norm") or {"enabled": False, "clip": 10.0}
+        self.obs_norm = ObservationNormalizer(self.N, self.O, int(tr["learning_starts"]), on["clip"], on["enabled"])
         self.since_train = 0
         self.rounds = 0
 
@@ -146,7 +152,7 @@ class MARIEAgent(Algorithm):
         first = self._tensor(ts.first, torch.bool)
         keep = (~first).view(-1, 1, 1, 1).to(self.dtype)
         self.tokenizer.eval()
-        recon = self.tokenizer.reconstruct(self._tensor(ts.obs))             # the policy sees D(E(o))
+        recon = self.tokenizer.reconstruct(self.obs_norm(self._tensor(ts.obs)))   # the policy sees D(E(o))
         stack = torch.cat([carry["stack"][:, :, 1:] * keep, recon.unsqueeze(2)], 2)
         last = torch.where(first.view(-1, 1, 1), torch.full_like(carry["last"], -1), carry["last"])
         feat = policy_input(stack, one_hot_last(last, self.n_choices, self.dtype) if self.obs_cfg["last_action"]
@@ -172,6 +178,7 @@ class MARIEAgent(Algorithm):
         if not self.continuous:
             step["avail"], step["next_avail"] = ts.avail, ts_next.next_avail
         self.replay.add(**step)
+        self.obs_norm.update(ts.obs)
         self.since_train += len(ts.first)
 
     # -- training ------------------------------------------------------------------------------------
@@ -208,7 +215,7 @@ class MARIEAgent(Algorithm):
         logs = []
         for _ in range(steps):
             data = self.replay.sample_segments(tr["tokenizer_batch"], 1, keys=["obs"])
-            obs = torch.as_tensor(data["obs"][:, 0], device=self.device, dtype=self.dtype)
+            obs = self.obs_norm(torch.as_tensor(data["obs"][:, 0], device=self.device, dtype=self.dtype))
             with self.autocast():
                 loss, m = self.tokenizer.loss(obs)
             self.tok_opt.zero_grad(set_to_none=True)
@@ -225,7 +232,7 @@ class MARIEAgent(Algorithm):
             ([] if self.continuous else ["next_avail"])
         data = self.replay.sample_segments(batch_size, self.H, keys=keys)
         t = {k: torch.as_tensor(v, device=self.device) for k, v in data.items()}
-        obs_seq = torch.cat([t["obs"][:, :1], t["next_obs"]], 1).to(self.dtype)  # [B, H+1, N, O]
+        obs_seq = self.obs_norm(torch.cat([t["obs"][:, :1], t["next_obs"]], 1).to(self.dtype))  # [B, H+1, N, O]
         mask = t["mask"].to(self.dtype)
         died = t["terminated"].unsqueeze(-1) | ~t["alive"]                     # [B, H, N]
         cont = (~died).to(self.dtype) * float(self.params["imagination"]["discount_label"])
@@ -268,7 +275,7 @@ class MARIEAgent(Algorithm):
         keys = ["obs", "action"] + ([] if self.continuous else ["avail"])
         data = self.replay.sample_segments(batch_size, 1, history=hist, keys=keys)
         t = {k: torch.as_tensor(v, device=self.device) for k, v in data.items()}
-        obs = t["obs"].to(self.dtype)                                           # [B, hist+1, N, O]
+        obs = self.obs_norm(t["obs"].to(self.dtype))                            # [B, hist+1, N, O]
         mask = t["mask"]                                                        # [B, hist+1]
         clamp = self._recon_clamp()
         with torch.no_grad():
@@ -373,7 +380,8 @@ class MARIEAgent(Algorithm):
                 "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
                 "tok_opt": self.tok_opt.state_dict() if self.tok_opt else None, "wm_opt": self.wm_opt.state_dict(),
                 "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "replay": self.replay.state_dict(), "since_train": self.since_train, "rounds": self.rounds}
+                "replay": self.replay.state_dict(), "since_train": self.since_train, "rounds": self.rounds,
+                "obs_norm": self.obs_norm.state_dict()}
 
     def load_state_dict(self, state):
         self.tokenizer.load_state_dict(state["tokenizer"])
@@ -387,11 +395,15 @@ class MARIEAgent(Algorithm):
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.replay.load_state_dict(state["replay"])
         self.since_train, self.rounds = state["since_train"], state["rounds"]
+        if "obs_norm" in state:  # older checkpoints: none (SMAX: identity)
+            self.obs_norm.load_state_dict(state["obs_norm"])
 
     def load_models(self, state):
-        """Models only (analysis entry points)."""
+        """Models and the observation statistics they were trained with (analysis entry points)."""
         for name in ("tokenizer", "world_model", "actor", "critic"):
             getattr(self, name).load_state_dict(state[name])
+        if "obs_norm" in state:
+            self.obs_norm.load_state_dict(state["obs_norm"])
 
 
 def continuation_weights(discount: torch.Tensor, label: float) -> torch.Tensor:

@@ -8,6 +8,9 @@ minibatches of `ppo_minibatch_size` imagined joint samples, one actor and one cr
 
 Execution uses the world model (the actor reads posterior features that attend over agents): the carry
 holds each environment's RSSM state and last joint action, reset where `ts.first`.
+Continuous actions (MaMuJoCo): the actor is MARIE's factorised categorical over `action_bins` bins per
+action dimension; the world model reads the action as its vector in [-1, 1]; observations are normalised
+(marie/obs_norm.py); updates come every `update_every` env steps (MuJoCo episodes are 1000 steps long).
 See docs/mamba.md for the decisions.
 """
 from __future__ import annotations
@@ -18,45 +21,78 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from baselines.mamba.behaviour import (Actor, MambaCritic, imagine, lambda_returns, policy_logits, ppo_actor_loss,
-                                       sample_actions)
+from baselines.mamba.behaviour import (Actor, MambaCritic, bin_centres, imagine, lambda_returns, policy_logits,
+                                       ppo_actor_loss, sample_actions)
 from baselines.mamba.replay import SequenceReplay
 from baselines.mamba.rssm import RSSMState, WorldModel
 from marie.algorithm import Algorithm
+from marie.envs.base import undiscretize_actions
+from marie.errors import UserError
+from marie.obs_norm import ObservationNormalizer, check_obs_norm_params
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "mamba.yaml"
 
 
 class MAMBA(Algorithm):
     preset_file = PRESETS
-    action_spaces = ("discrete",)
+    action_spaces = ("discrete", "continuous")
+
+    @classmethod
+    def validate(cls, params, run, n_agents):
+        # continuous-control keys exist only in mamba.yaml's envs.mamujoco block
+        if "obs_norm" in params:
+            check_obs_norm_params(params["obs_norm"], "params.obs_norm")
+        for key in ("action_bins", "update_every"):
+            v = params.get(key, 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise UserError(f"params.{key} must be a positive integer, got {v!r}")
 
     def __init__(self, env_info, params, run, device, seed):
         super().__init__(env_info, params, run, device, seed)
         p = self.params
+        self.validate(p, run, env_info.n_agents)
         N, O, A = env_info.n_agents, env_info.obs_dim, env_info.n_actions
         self.N, self.A = N, A
-        self.model = WorldModel(O, A, p).to(device=device, dtype=self.dtype)
+        self.continuous = bool(env_info.continuous)
+        if self.continuous:
+            self.bins = int(p["action_bins"])
+            self.low, self.high = np.array(env_info.action_low, np.float32), np.array(env_info.action_high, np.float32)
+        self.model = WorldModel(O, A, p, self.continuous).to(device=device, dtype=self.dtype)
         F_ = self.model.feat_size
-        self.actor = Actor(F_, int(p["actor_hidden"]), int(p["actor_layers"]), 1, A).to(device=device, dtype=self.dtype)
+        dims, choices = (A, self.bins) if self.continuous else (1, A)
+        self.actor = Actor(F_, int(p["actor_hidden"]), int(p["actor_layers"]), dims, choices).to(
+            device=device, dtype=self.dtype)
         self.critic = MambaCritic(F_, int(p["critic_hidden"]), int(p["critic_heads"]), bool(p["agent_positions"])).to(
             device=device, dtype=self.dtype)
         self.model_opt = torch.optim.Adam(self.model.parameters(), lr=float(p["model_lr"]))
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=float(p["actor_lr"]))
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=float(p["critic_lr"]))
-        self.replay = SequenceReplay(int(p["buffer_size"]), int(run["num_envs"]), N, O, A)
+        self.replay = SequenceReplay(int(p["buffer_size"]), int(run["num_envs"]), N, O, A, self.continuous)
+        on = p.get("obs_norm") or {"enabled": False, "clip": 10.0}   # raw observations in the replay
+        self.obs_norm = ObservationNormalizer(N, O, int(p["learning_starts"]), on["clip"], on["enabled"])
+        self.steps_at_update = 0          # env steps at the last update (the `update_every` schedule)
         self.entropy_coef = float(p["entropy_coef"])
         self.episodes = 0                 # finished training episodes
         self.episodes_at_update = 0
         self.n_updates = 0
-        self.last_action = np.zeros((int(run["num_envs"]), N), np.int64)
+        self.last_action = self._action_rows(np.zeros((int(run["num_envs"]), N, A) if self.continuous else
+                                                      (int(run["num_envs"]), N), np.float32))
         self.model.eval()
+
+    def _action_rows(self, actions: np.ndarray) -> np.ndarray:
+        """Environment actions -> what the replay and the world model hold: discrete indices [E, N];
+        continuous vectors [E, N, m] scaled from [low, high] to [-1, 1]."""
+        if not self.continuous:
+            return np.asarray(actions, np.int64).copy()
+        a = np.clip(np.asarray(actions, np.float32), self.low, self.high)
+        return (2.0 * (a - self.low) / (self.high - self.low) - 1.0).astype(np.float32)
 
     # -- acting ------------------------------------------------------------------------------------
     def initial_carry(self, num_envs: int):
         return {"deter": np.zeros((num_envs, self.N, self.model.D), np.float32),
                 "stoch": np.zeros((num_envs, self.N, self.model.stoch_size), np.float32),
-                "action": np.zeros((num_envs, self.N), np.int64)}
+                "action": np.zeros((num_envs, self.N, self.A), np.float32) if self.continuous else
+                np.zeros((num_envs, self.N), np.int64)}
 
     @torch.no_grad()
     def act(self, ts, carry, training, greedy=True):
@@ -64,43 +100,53 @@ class MAMBA(Algorithm):
         keep = torch.from_numpy(~ts.first).to(dev, dt)[:, None, None]
         state = RSSMState(torch.from_numpy(carry["deter"]).to(dev, dt) * keep,
                           torch.from_numpy(carry["stoch"]).to(dev, dt) * keep)
-        prev = F.one_hot(torch.from_numpy(carry["action"]).to(dev), self.A).to(dt) * keep
-        obs = torch.as_tensor(np.array(ts.obs), device=dev, dtype=dt)
-        avail = torch.as_tensor(np.array(ts.avail), device=dev)
+        prev = self.model.action_input(torch.from_numpy(carry["action"]).to(dev), dt) * keep
+        obs = self.obs_norm(torch.as_tensor(np.array(ts.obs), device=dev, dtype=dt))
+        avail = None if self.continuous else torch.as_tensor(np.array(ts.avail), device=dev)
         with self.autocast():
             state, _, _ = self.model.obs_step(state, prev, self.model.encoder(obs))
-            logits = policy_logits(self.actor, state.feat(), avail)
-        action = sample_actions(logits, greedy=greedy and not training).cpu().numpy()
-        return action, {"deter": state.deter.float().cpu().numpy(), "stoch": state.stoch.float().cpu().numpy(),
-                        "action": action}
+            logits = self.actor(state.feat()).float() if self.continuous else \
+                policy_logits(self.actor, state.feat(), avail)
+        action = sample_actions(logits, greedy=greedy and not training)
+        carry = {"deter": state.deter.float().cpu().numpy(), "stoch": state.stoch.float().cpu().numpy()}
+        if self.continuous:  # bins -> bin centres: in [-1, 1] for the model, in [low, high] for the environment
+            carry["action"] = bin_centres(action, self.bins).cpu().numpy()
+            return undiscretize_actions(action.cpu().numpy(), self.low, self.high, self.bins), carry
+        action = action.cpu().numpy()
+        carry["action"] = action
+        return action, carry
 
     # -- data --------------------------------------------------------------------------------------
     def observe(self, ts, actions, ts_next):
         E = ts.first.shape[0]
         first = ts.first
         everyone = np.arange(E)
+        self.obs_norm.update(ts.obs)
+        start = first.reshape((E,) + (1,) * (self.last_action.ndim - 1))
         self.replay.add(everyone, obs=ts.obs, avail=ts.avail, alive=ts.alive | first[:, None],
-                        prev_action=np.where(first[:, None], -1, self.last_action),
+                        prev_action=np.where(start, 0.0 if self.continuous else -1, self.last_action),
                         reward=np.where(first, 0.0, ts.reward), cont=np.ones(E, np.float32), first=first)
         done = np.flatnonzero(ts_next.done)
         if len(done):  # the final observation of each finished episode, before the auto-reset
             # the reference (SMAC reports done at the time limit) also ends the continuation at a truncation
             ended = ts_next.done if self.params["truncation_ends_continuation"] else ts_next.terminated
             self.replay.add(done, obs=ts_next.next_obs[done], avail=ts_next.next_avail[done],
-                            alive=ts_next.alive[done], prev_action=actions[done],
+                            alive=ts_next.alive[done], prev_action=self._action_rows(actions)[done],
                             reward=ts_next.reward[done],
                             cont=1.0 - ended[done].astype(np.float32), first=np.zeros(len(done), bool))
-        self.last_action = np.asarray(actions, np.int64).copy()
+        self.last_action = self._action_rows(actions)
         self.episodes += len(done)
 
     # -- learning ----------------------------------------------------------------------------------
     def update(self, env_steps):
         p = self.params
-        if (env_steps < int(p["learning_starts"])
-                or self.episodes - self.episodes_at_update < int(p["trajectories_between_updates"])
-                or not self.replay.can_sample(int(p["sequence_length"]))):
+        if "update_every" in p:  # MaMuJoCo: a schedule in env steps
+            due = env_steps - self.steps_at_update >= int(p["update_every"])
+        else:
+            due = self.episodes - self.episodes_at_update >= int(p["trajectories_between_updates"])
+        if env_steps < int(p["learning_starts"]) or not due or not self.replay.can_sample(int(p["sequence_length"])):
             return
-        self.episodes_at_update = self.episodes
+        self.episodes_at_update, self.steps_at_update = self.episodes, env_steps
         metrics = {}
         for _ in range(int(p["model_epochs"])):
             m = self._train_model()
@@ -116,7 +162,9 @@ class MAMBA(Algorithm):
         yield out
 
     def _sample(self, batch: int) -> dict:
-        return self.replay.sample(batch, int(self.params["sequence_length"]), self.device, self.dtype)
+        out = self.replay.sample(batch, int(self.params["sequence_length"]), self.device, self.dtype)
+        out["obs"] = self.obs_norm(out["obs"])
+        return out
 
     def _train_model(self) -> dict:
         p = self.params
@@ -149,7 +197,8 @@ class MAMBA(Algorithm):
             adv = returns - value[:-1]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8)
         flat = lambda x: x.flatten(0, 1)                                              # noqa: E731  [H*R, N, ...]
-        feat_t, avail, action, old_logp = flat(feat[:-1]), flat(traj["avail"]), flat(traj["action"]), flat(traj["logp"])
+        avail = None if traj["avail"] is None else flat(traj["avail"])
+        feat_t, action, old_logp = flat(feat[:-1]), flat(traj["action"]), flat(traj["logp"])
         adv, returns = flat(adv), flat(returns)
         n = feat_t.shape[0]
         mb_size = int(p["ppo_minibatch_size"])  # the reference: 2000 joint samples per actor/critic step
@@ -159,7 +208,8 @@ class MAMBA(Algorithm):
             perm = torch.randperm(n, device=feat_t.device)
             for idx in perm.split(mb_size):
                 with self.autocast():
-                    a_loss, a_info = ppo_actor_loss(self.actor, feat_t[idx], avail[idx], action[idx],
+                    a_loss, a_info = ppo_actor_loss(self.actor, feat_t[idx], None if avail is None else avail[idx],
+                                                    action[idx],
                                                     old_logp[idx], adv[idx], clip, self.entropy_coef)
                 self.actor_opt.zero_grad(set_to_none=True)
                 a_loss.backward()
@@ -189,7 +239,8 @@ class MAMBA(Algorithm):
                 "critic_opt": self.critic_opt.state_dict(), "replay": self.replay.state_dict(),
                 "entropy_coef": self.entropy_coef, "episodes": self.episodes,
                 "episodes_at_update": self.episodes_at_update, "n_updates": self.n_updates,
-                "last_action": self.last_action.copy()}
+                "last_action": self.last_action.copy(), "obs_norm": self.obs_norm.state_dict(),
+                "steps_at_update": self.steps_at_update}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
@@ -203,3 +254,6 @@ class MAMBA(Algorithm):
         self.episodes, self.episodes_at_update = state["episodes"], state["episodes_at_update"]
         self.n_updates = state["n_updates"]
         self.last_action = state["last_action"].copy()
+        if "obs_norm" in state:  # older checkpoints: none (discrete runs: identity, no step schedule)
+            self.obs_norm.load_state_dict(state["obs_norm"])
+            self.steps_at_update = state["steps_at_update"]

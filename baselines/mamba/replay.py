@@ -4,7 +4,8 @@ marks where the model state resets).
 
 Each row is one observation the agents saw and what led into it:
     obs [N, O], avail [N, A], alive [N]      the observation, its action masks, who is alive in it
-    prev_action [N]                          the joint action that led into it (-1 at an episode start)
+    prev_action [N]                          the joint action that led into it (-1 at an episode start);
+                                             continuous actions: [N, m] float in [-1, 1] (0 at a start)
     reward, cont                             the team reward of that transition; 0 if the row ends the
                                              episode by termination, else 1 (time limits keep 1)
     first                                    the row starts an episode
@@ -24,7 +25,8 @@ FIELDS = ("obs", "avail", "alive", "prev_action", "reward", "cont", "first")
 
 
 class SequenceReplay:
-    def __init__(self, capacity: int, num_envs: int, n_agents: int, obs_dim: int, n_actions: int):
+    def __init__(self, capacity: int, num_envs: int, n_agents: int, obs_dim: int, n_actions: int,
+                 continuous: bool = False):
         self.E = num_envs
         self.C = max(1, capacity // num_envs)
         E, C, N = self.E, self.C, n_agents
@@ -32,7 +34,7 @@ class SequenceReplay:
             "obs": np.zeros((E, C, N, obs_dim), np.float32),
             "avail": np.zeros((E, C, N, n_actions), bool),
             "alive": np.zeros((E, C, N), bool),
-            "prev_action": np.zeros((E, C, N), np.int16),
+            "prev_action": np.zeros((E, C, N, n_actions), np.float32) if continuous else np.zeros((E, C, N), np.int16),
             "reward": np.zeros((E, C), np.float32),
             "cont": np.zeros((E, C), np.float32),
             "first": np.zeros((E, C), bool),

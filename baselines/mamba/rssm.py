@@ -13,6 +13,10 @@ Per agent i and step t (all agents and batch rows at once, no loop over agents):
 Heads on feat_t^i: observation reconstruction (smooth L1, masked for dead agents), the team reward of
 the transition into t, the continuation flag of t, the available actions of t, and the agent's own
 action a_{t-1}^i (the action that led into t; MAMBA's auxiliary action-prediction loss).
+
+Continuous actions (MaMuJoCo, `continuous=True`): a_{t-1}^i enters the transition as its vector scaled to
+[-1, 1] (n_actions = its dimensions) instead of a one-hot, there is no available-action head, and the
+action-prediction head regresses that vector (squared error summed over dimensions).
 """
 from __future__ import annotations
 
@@ -98,9 +102,9 @@ def kl_balance(post_logp: torch.Tensor, prior_logp: torch.Tensor, prior_weight: 
 
 
 class WorldModel(nn.Module):
-    def __init__(self, obs_dim: int, n_actions: int, p: dict):
+    def __init__(self, obs_dim: int, n_actions: int, p: dict, continuous: bool = False):
         super().__init__()
-        self.obs_dim, self.n_actions = obs_dim, n_actions
+        self.obs_dim, self.n_actions, self.continuous = obs_dim, n_actions, continuous
         self.S, self.C, self.D = int(p["categoricals"]), int(p["classes"]), int(p["deter_size"])
         self.unimix = float(p["unimix"])
         H, E, L = int(p["hidden_size"]), int(p["embed_size"]), int(p["mlp_layers"])
@@ -119,7 +123,7 @@ class WorldModel(nn.Module):
         self.decoder = mlp(F_, H, obs_dim, L)
         self.reward_head = mlp(F_, H, 1, L)
         self.cont_head = mlp(F_, H, 1, L)
-        self.avail_head = mlp(F_, H, n_actions, L)
+        self.avail_head = None if continuous else mlp(F_, H, n_actions, L)
         self.action_head = mlp(F_, H, n_actions, L)
 
     # -- pieces --------------------------------------------------------------------------------------
@@ -130,6 +134,13 @@ class WorldModel(nn.Module):
     def _dist(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         logits = net(x).unflatten(-1, (self.S, self.C))
         return mixed_log_probs(logits.float(), self.unimix)
+
+    def action_input(self, action: torch.Tensor, dtype) -> torch.Tensor:
+        """What the transition reads of an action: discrete [..., N] long (-1 = none) -> one-hot [..., N, A];
+        continuous [..., N, m] in [-1, 1] -> itself."""
+        if self.continuous:
+            return action.to(dtype)
+        return F.one_hot(action.clamp(min=0), self.n_actions).to(dtype)
 
     def _sample(self, logp: torch.Tensor, dtype) -> torch.Tensor:
         return straight_through_sample(logp).flatten(-2).to(dtype)
@@ -155,12 +166,12 @@ class WorldModel(nn.Module):
         return RSSMState(h, self._sample(post, h.dtype)), prior, post
 
     def observe(self, obs: torch.Tensor, prev_action: torch.Tensor, first: torch.Tensor):
-        """Filter whole sequences. obs [B, L, N, O]; prev_action [B, L, N] long (action into step t,
-        ignored where first); first [B, L] bool (reset the state before step t).
+        """Filter whole sequences. obs [B, L, N, O]; prev_action [B, L, N] long or [B, L, N, m] float (action
+        into step t, ignored where first); first [B, L] bool (reset the state before step t).
         Returns states (deter [B, L, N, D], stoch [B, L, N, S*C]) and prior/posterior log-probs [B, L, N, S, C]."""
         B, L, N, _ = obs.shape
         embed = self.encoder(obs)
-        act = F.one_hot(prev_action.clamp(min=0), self.n_actions).to(obs.dtype)
+        act = self.action_input(prev_action, obs.dtype)
         keep = (~first).to(obs.dtype)[..., None, None]                         # [B, L, 1, 1]
         state = self.initial_state((B,), N, obs.device, obs.dtype)
         deters, stochs, priors, posts = [], [], [], []
@@ -195,10 +206,14 @@ class WorldModel(nn.Module):
         rew = (rew * has_prev).sum() / has_prev.sum().clamp(min=1)
         cont = F.binary_cross_entropy_with_logits(self.cont_head(feat).squeeze(-1).float(),
                                                   batch["cont"][..., None].expand_as(alive).float())
-        avail = F.binary_cross_entropy_with_logits(self.avail_head(feat).float(), batch["avail"].float(),
-                                                   reduction="none").sum(-1).mean()
-        act_ce = F.cross_entropy(self.action_head(feat).flatten(0, -2).float(),
-                                 batch["prev_action"].clamp(min=0).flatten(), reduction="none")
+        if self.continuous:
+            avail = rec.new_zeros(())
+            act_ce = (self.action_head(feat).float() - batch["prev_action"].float()).pow(2).sum(-1).flatten()
+        else:
+            avail = F.binary_cross_entropy_with_logits(self.avail_head(feat).float(), batch["avail"].float(),
+                                                       reduction="none").sum(-1).mean()
+            act_ce = F.cross_entropy(self.action_head(feat).flatten(0, -2).float(),
+                                     batch["prev_action"].clamp(min=0).flatten(), reduction="none")
         act_ce = (act_ce * has_prev.flatten()).sum() / has_prev.sum().clamp(min=1)
         s = p["loss_scales"]
         total = (s["kl"] * kl + s["obs"] * rec + s["reward"] * rew + s["cont"] * cont + s["avail"] * avail

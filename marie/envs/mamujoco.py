@@ -132,6 +132,7 @@ class MaMuJoCoVecEnv(MultiAgentVecEnv):
     def set_state(self, snapshot) -> None:
         import mujoco
         for env, snap in zip(self._envs, snapshot["envs"]):
+            env.reset(seed=0)  # a fresh environment refuses step() before a reset; everything is overwritten below
             sa = env.single_agent_env
             u = sa.unwrapped
             mujoco.mj_copyData(u.data, u.model, pickle.loads(snap["data"]))
