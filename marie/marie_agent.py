@@ -23,7 +23,8 @@ from marie.config import CONFIG_DIR
 from marie.envs.base import discretize_actions, undiscretize_actions
 from marie.errors import UserError
 from marie.imagination import imagine, one_hot_last
-from marie.models.actor_critic import Actor, Critic, log_prob_entropy, policy_input, sample_actions
+from marie.models.actor_critic import (Actor, Critic, check_gaussian_params, log_prob_entropy, policy_input,
+                                       sample_actions)
 from marie.models.tokenizer import build_tokenizer
 from marie.models.world_model import WorldModel
 from marie.obs_norm import ObservationNormalizer, check_obs_norm_params
@@ -81,6 +82,7 @@ def validate_params(p: dict, n_agents: int) -> None:
         raise UserError("params.imagination.continuation_weights must be true or false")
     if "obs_norm" in p:  # set for continuous-control backends only (marie.yaml, envs.mamujoco)
         check_obs_norm_params(p["obs_norm"], "params.obs_norm")
+    check_gaussian_params(p["actor_critic"].get("gaussian"), "params.actor_critic.gaussian")
 
 
 class MARIEAgent(Algorithm):
@@ -113,7 +115,8 @@ class MARIEAgent(Algorithm):
         in_dim = self.S * self.O + (self.m * self.n_choices if self.obs_cfg["last_action"] else 0) + \
             (self.N if self.obs_cfg["agent_id"] else 0)
         ac = p["actor_critic"]
-        self.actor = Actor(in_dim, ac["hidden"], ac["layers"], self.m, self.n_choices).to(dev, dt)
+        gaussian = ac.get("gaussian") if self.continuous else None   # envs.mamujoco in marie.yaml
+        self.actor = Actor(in_dim, ac["hidden"], ac["layers"], self.m, self.n_choices, gaussian).to(dev, dt)
         self.critic = Critic(in_dim, ac["hidden"], ac["layers"], ac["critic_heads"]).to(dev, dt)
 
         tr = p["training"]

@@ -47,6 +47,8 @@ def test_obs_norm_is_on_for_mamujoco_only(tmp_path):
         cfg, _ = prepare(algo=name, env="mamujoco", map_name="HalfCheetah-2x3", seed=0, steps=100, preset="small",
                          out=tmp_path / "unused")
         assert cfg["params"]["obs_norm"] == {"enabled": True, "clip": 10.0}
+        g = cfg["params"]["actor_critic"]["gaussian"] if name == "marie" else cfg["params"]["actor_gaussian"]
+        assert g == {"init_std": 0.37, "max_std": 0.5}
         cfg, _ = prepare(algo=name, env="smax", map_name="3m", seed=0, steps=100, preset="small",
                          out=tmp_path / "unused")
         assert "obs_norm" not in cfg["params"]   # SMAX configurations are unchanged (existing runs resume)
@@ -106,3 +108,25 @@ def test_compounding_error_on_mamujoco_uses_normalised_observations(tmp_path):
     rows = out.read_text().splitlines()
     l1 = [float(r.split(",")[1]) for r in rows[1:]]
     assert len(l1) == 3 and all(np.isfinite(l1)) and max(l1) < 10.0   # in normalised units, clipped to 10
+
+
+def test_binned_gaussian_actor_is_unimodal_over_ordered_bins():
+    from marie.models.actor_critic import Actor, check_gaussian_params, log_prob_entropy, sample_actions
+    torch.manual_seed(0)
+    actor = Actor(4, 16, 2, 3, 256, {"init_std": 0.37, "max_std": 0.5})
+    with torch.no_grad():
+        actor.net[-1].bias.copy_(torch.tensor([-0.5, 0.0, 0.9]))
+    logits = actor(torch.zeros(1000, 4))                           # [B, 3, 256]
+    centres = (torch.arange(256) + 0.5) / 128 - 1
+    peak = centres[logits.argmax(-1)]
+    assert torch.allclose(peak, torch.tensor([-0.5, 0.0, 0.9]).expand_as(peak), atol=1 / 128 + 1e-6)
+    a = centres[sample_actions(logits)]
+    assert torch.allclose(a.mean(0)[:2], torch.tensor([-0.5, 0.0]), atol=0.06)   # [2]: truncated at the bound 1
+    assert torch.allclose(a[:, 1].std(), torch.tensor(0.37), atol=0.03)   # sigma in action units
+    _, ent = log_prob_entropy(logits, sample_actions(logits))
+    uniform = 3 * np.log(256)
+    assert ent[0] < uniform - 0.5                                   # not the uniform policy of free logits
+    ent.mean().backward()                                          # entropy grows with sigma
+    assert actor.std_param.grad is not None and torch.all(actor.std_param.grad > 0)
+    with pytest.raises(UserError, match="init_std"):
+        check_gaussian_params({"init_std": 0.6, "max_std": 0.5}, "params.actor_critic.gaussian")

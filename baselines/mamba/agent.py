@@ -8,8 +8,8 @@ minibatches of `ppo_minibatch_size` imagined joint samples, one actor and one cr
 
 Execution uses the world model (the actor reads posterior features that attend over agents): the carry
 holds each environment's RSSM state and last joint action, reset where `ts.first`.
-Continuous actions (MaMuJoCo): the actor is MARIE's factorised categorical over `action_bins` bins per
-action dimension; the world model reads the action as its vector in [-1, 1]; observations are normalised
+Continuous actions (MaMuJoCo): the actor is MARIE's, a binned Gaussian over `action_bins` bins per action
+dimension (`actor_gaussian`); the world model reads the action as its vector in [-1, 1]; observations are normalised
 (marie/obs_norm.py); updates come every `update_every` env steps (MuJoCo episodes are 1000 steps long).
 See docs/mamba.md for the decisions.
 """
@@ -28,6 +28,7 @@ from baselines.mamba.rssm import RSSMState, WorldModel
 from marie.algorithm import Algorithm
 from marie.envs.base import undiscretize_actions
 from marie.errors import UserError
+from marie.models.actor_critic import check_gaussian_params
 from marie.obs_norm import ObservationNormalizer, check_obs_norm_params
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "mamba.yaml"
@@ -42,6 +43,7 @@ class MAMBA(Algorithm):
         # continuous-control keys exist only in mamba.yaml's envs.mamujoco block
         if "obs_norm" in params:
             check_obs_norm_params(params["obs_norm"], "params.obs_norm")
+        check_gaussian_params(params.get("actor_gaussian"), "params.actor_gaussian")
         for key in ("action_bins", "update_every"):
             v = params.get(key, 1)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -60,7 +62,8 @@ class MAMBA(Algorithm):
         self.model = WorldModel(O, A, p, self.continuous).to(device=device, dtype=self.dtype)
         F_ = self.model.feat_size
         dims, choices = (A, self.bins) if self.continuous else (1, A)
-        self.actor = Actor(F_, int(p["actor_hidden"]), int(p["actor_layers"]), dims, choices).to(
+        gaussian = p.get("actor_gaussian") if self.continuous else None
+        self.actor = Actor(F_, int(p["actor_hidden"]), int(p["actor_layers"]), dims, choices, gaussian).to(
             device=device, dtype=self.dtype)
         self.critic = MambaCritic(F_, int(p["critic_hidden"]), int(p["critic_heads"]), bool(p["agent_positions"])).to(
             device=device, dtype=self.dtype)

@@ -5,6 +5,8 @@ shared by all agents (an optional agent-id one-hot in the input tells them apart
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,14 +23,49 @@ def relu_mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def check_gaussian_params(g, where: str) -> None:
+    """The binned-Gaussian actor's block: null (free logits) or {init_std, max_std}, 0 < init_std < max_std."""
+    from marie.errors import UserError
+    if g is None:
+        return
+    ok = isinstance(g, dict) and set(g) == {"init_std", "max_std"} and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in g.values())
+    if not ok or not 0 < g["init_std"] < g["max_std"]:
+        raise UserError(f"{where} must be null or {{init_std, max_std}} with 0 < init_std < max_std, got {g!r}")
+
+
 class Actor(nn.Module):
-    def __init__(self, in_dim: int, hidden: int, layers: int, act_dims: int, n_choices: int):
+    """Logits [..., m, n_choices]: free logits per action dimension (discrete actions; `gaussian` None), or,
+    for continuous actions split into n_choices bins over [-1, 1], a binned Gaussian: the logit of bin k is
+    the log-density of N(mu(x), sigma) at the bin's centre, so each dimension's distribution is unimodal over
+    ordered bins (the official MARIE code's Gaussian policy on MaMuJoCo, restricted to the bin centres the
+    world model's action tokens distinguish). gaussian: {init_std, max_std}; sigma = max_std * sigmoid(w),
+    one w per dimension (state-independent), floored at half a bin; the mean layer starts near 0 (gain 0.01)."""
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, act_dims: int, n_choices: int,
+                 gaussian: dict | None = None):
         super().__init__()
-        self.act_dims, self.n_choices = act_dims, n_choices
-        self.net = relu_mlp([in_dim] + [hidden] * (layers - 1) + [act_dims * n_choices])
+        self.act_dims, self.n_choices, self.gaussian = act_dims, n_choices, gaussian is not None
+        self.net = relu_mlp([in_dim] + [hidden] * (layers - 1) + [act_dims * (1 if gaussian else n_choices)])
+        if gaussian:
+            self.max_std, self.min_std = float(gaussian["max_std"]), 1.0 / n_choices
+            ratio = float(gaussian["init_std"]) / self.max_std
+            self.std_param = nn.Parameter(torch.full((act_dims,), math.log(ratio / (1 - ratio))))
+            self.register_buffer("centres", (torch.arange(n_choices) + 0.5) * (2.0 / n_choices) - 1.0,
+                                 persistent=False)
+            with torch.no_grad():
+                self.net[-1].weight.mul_(0.01)
+                self.net[-1].bias.zero_()
+
+    def std(self) -> torch.Tensor:
+        return (self.max_std * torch.sigmoid(self.std_param)).clamp(min=self.min_std)
 
     def forward(self, x: torch.Tensor, avail: torch.Tensor | None = None) -> torch.Tensor:
         """x [..., in_dim] -> masked logits [..., m, n_choices]; avail [..., n_choices] bool (discrete, m=1)."""
+        if self.gaussian:
+            mean = self.net(x).unsqueeze(-1)                                   # [..., m, 1]
+            z = (self.centres.to(mean.dtype) - mean) / self.std().to(mean.dtype).unsqueeze(-1)
+            return -0.5 * z * z
         logits = self.net(x).unflatten(-1, (self.act_dims, self.n_choices))
         if avail is not None:
             logits = logits.masked_fill(~avail.unsqueeze(-2), NEG)
