@@ -1,5 +1,6 @@
 """Continuous control (MaMuJoCo): the observation normaliser, MARIE and MAMBA end to end on HalfCheetah-2x3."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -130,3 +131,27 @@ def test_binned_gaussian_actor_is_unimodal_over_ordered_bins():
     assert actor.std_param.grad is not None and torch.all(actor.std_param.grad > 0)
     with pytest.raises(UserError, match="init_std"):
         check_gaussian_params({"init_std": 0.6, "max_std": 0.5}, "params.actor_critic.gaussian")
+
+
+def _workflow_plan():
+    import importlib.util
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("marie_workflow_plan_mamujoco", root / "workflows" / "plan.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod          # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod, mod.load_config(root / "workflows" / "config.yaml")
+
+
+def test_fig10_plans_every_method_and_the_cpu_tier_one_protocol():
+    WP, cfg = _workflow_plan()
+    plan = WP.build_plan(cfg)                 # validated against the registered algorithms
+    fig10 = {(r.map, r.method) for r in plan.runs.values() if r.env == "mamujoco"}
+    maps = cfg["experiments"]["mamujoco"]["maps"]
+    assert fig10 == {(m, k) for m in maps for k in ("MARIE", "MAMBA", "MAPPO", "HAPPO")}
+    assert not [s for s in plan.skipped if s["map"] in maps]
+    tier = WP.build_plan(cfg, tier="cpu_mamujoco")
+    assert len(tier.runs) == 2 * 4 * 3 and not tier.skipped
+    assert {(r.steps, tuple(r.overrides[-4:-1])) for r in tier.runs.values()} == {
+        (100000, ("run.eval_every=10000", "run.eval_episodes=10", "run.eval_sample=false"))}
