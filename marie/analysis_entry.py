@@ -2,6 +2,7 @@
 
     python -m marie.analysis_entry compounding-error --run DIR [--episodes 10] [--segments 1000] [--horizon H]
     python -m marie.analysis_entry attention --run DIR [--segment-seed 0]
+    python -m marie.analysis_entry action-ranking --run DIR [--states 40] [--sequences 8] [--noise 0.3]
 
 compounding-error (Fig. 7): play `episodes` episodes with the run's final policy, draw `segments` random
 segments of H+1 observations inside them, imagine each one open loop from its first real observation
@@ -9,6 +10,13 @@ under the real actions, and compare: L1 error per observation dimension between 
 o_{t+h} and the imagined ô_{t+h}, for h = 0..H (h = 0 is the tokenizer's reconstruction error).
     analysis/compounding_error.csv   horizon,l1_mean,l1_std,l1_sem,n_segments
     analysis/compounding_error.json  what was measured (run, map, episodes, segments, policy, seed)
+action-ranking (continuous control, issue 15): can imagination tell better actions from worse ones? From
+`states` states of one episode played by the run's final policy, `sequences` open-loop action sequences of
+H steps each (the played actions plus N(0, noise) per dimension, clipped, on the bin centres): the real H-step
+reward sum (the environment restored to the state) against the imagined one (real first observation, the
+same action tokens). Correlations over all pairs (mostly the state's doing) and within each state (what a
+policy gradient in imagination can use).
+    analysis/action_ranking.json
 attention (Fig. 8-9): one real segment of H transitions from the run's replay buffer through the world
 model with attention recording on.
     analysis/attention.npz (numpy arrays; docs/marie.md describes them)
@@ -129,6 +137,69 @@ def compounding_error(run: str, episodes: int = 10, segments: int = 1000, horizo
     return out
 
 
+def action_ranking(run: str, states: int = 40, sequences: int = 8, noise: float = 0.3, seed: int = 0) -> Path:
+    from marie.envs import make_env
+    from marie.envs.base import discretize_actions, undiscretize_actions
+    from marie.imagination import imagine
+    agent, config, rundir, _ = load_agent(run)
+    if not agent.continuous:
+        raise UserError(f"{rundir.path} is a run on {config['env']}: action-ranking needs continuous actions")
+    H, S, K = agent.H, states, sequences
+    low, high = np.array(agent.env_info.action_low), np.array(agent.env_info.action_high)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    env = make_env(config["env"], config["map"], 1, reward_scale=config["run"].get("reward_scale", 1.0))
+    ts = env.reset(seed=555_555 + seed)
+    limit = env.info.episode_limit
+    if limit < H + 1 or S > limit - H:
+        raise UserError(f"--states {S} needs an episode of at least {S + H} steps (the limit is {limit})")
+    times = set(rng.choice(np.arange(limit - H), size=S, replace=False).tolist())
+    carry, snaps, played = agent.initial_carry(1), [], []
+    with torch.no_grad():
+        for t in range(limit):
+            if t in times:
+                snaps.append((t, env.get_state(), ts.obs[0].copy()))
+            a, carry = agent.act(ts, carry, training=False, greedy=not config["run"].get("eval_sample"))
+            played.append(a[0])
+            ts = env.step(a)
+            if ts.done[0]:
+                break
+    snaps = [x for x in snaps if x[0] + H <= len(played)]
+    if len(snaps) < 2:
+        env.close()
+        raise UserError("the policy's episode ended before two of the chosen states; lower --states")
+    played = np.stack(played)
+    true, starts, seqs = np.zeros((len(snaps), K)), [], []
+    for s, (t, snap, obs) in enumerate(snaps):
+        for k in range(K):
+            seq = np.clip(played[t:t + H] + rng.normal(0, noise, played[t:t + H].shape), low, high)
+            seq = undiscretize_actions(discretize_actions(seq, low, high, agent.bins), low, high, agent.bins)
+            env.set_state(snap)
+            true[s, k] = sum(float(env.step(seq[h][None]).reward[0]) for h in range(H))
+            starts.append(obs)
+            seqs.append(seq)
+    env.close()
+    dev, dt = agent.device, agent.dtype
+    B = len(seqs)
+    start = {"obs": torch.as_tensor(agent.obs_norm(np.stack(starts)), device=dev, dtype=dt),
+             "stack": torch.zeros(B, agent.N, agent.S - 1, agent.O, device=dev, dtype=dt),
+             "last": torch.full((B, agent.N, agent.m), -1, dtype=torch.long, device=dev), "avail": None}
+    tokens = torch.as_tensor(discretize_actions(np.stack(seqs), low, high, agent.bins), device=dev)
+    traj = imagine(agent.tokenizer, agent.world_model, agent.actor, start, H, agent.obs_cfg, agent.n_choices,
+                   chunk=100, forced_actions=tokens.transpose(0, 1))
+    imag = traj["reward"].float().mean(-1).sum(0).cpu().numpy().reshape(true.shape)   # agents' heads averaged
+    within = [float(np.corrcoef(true[s], imag[s])[0, 1]) for s in range(len(true))]
+    result = {"run": str(rundir.path), "map": config["map"], "horizon": H, "states": len(true), "sequences": K,
+              "noise": noise, "seed": seed, "true_sum_mean": float(true.mean()), "imagined_sum_mean": float(imag.mean()),
+              "true_spread_within_state": float(true.std(1).mean()),
+              "imagined_spread_within_state": float(imag.std(1).mean()),
+              "corr_all": float(np.corrcoef(true.ravel(), imag.ravel())[0, 1]),
+              "corr_within_state_mean": float(np.nanmean(within)), "corr_within_state_median": float(np.nanmedian(within))}
+    out = rundir.analysis_dir / "action_ranking.json"
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    return out
+
+
 def attention(run: str, segment_seed: int = 0) -> Path:
     agent, config, rundir, _ = load_agent(run, full=True)
     wm = agent.world_model
@@ -171,6 +242,12 @@ def main(argv=None) -> int:
     c.add_argument("--horizon", type=int, default=None)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--chunk", type=int, default=100, help="segments imagined at once")
+    r = sub.add_parser("action-ranking")
+    r.add_argument("--run", required=True)
+    r.add_argument("--states", type=int, default=40)
+    r.add_argument("--sequences", type=int, default=8)
+    r.add_argument("--noise", type=float, default=0.3, help="std of the perturbation, in action units")
+    r.add_argument("--seed", type=int, default=0)
     a = sub.add_parser("attention")
     a.add_argument("--run", required=True)
     a.add_argument("--segment-seed", type=int, default=0)
@@ -178,6 +255,8 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "compounding-error":
             out = compounding_error(args.run, args.episodes, args.segments, args.horizon, args.seed, args.chunk)
+        elif args.cmd == "action-ranking":
+            out = action_ranking(args.run, args.states, args.sequences, args.noise, args.seed)
         else:
             out = attention(args.run, args.segment_seed)
     except UserError as exc:

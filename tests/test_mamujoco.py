@@ -109,6 +109,11 @@ def test_compounding_error_on_mamujoco_uses_normalised_observations(tmp_path):
     rows = out.read_text().splitlines()
     l1 = [float(r.split(",")[1]) for r in rows[1:]]
     assert len(l1) == 3 and all(np.isfinite(l1)) and max(l1) < 10.0   # in normalised units, clipped to 10
+    from marie.analysis_entry import action_ranking
+    same = json.loads(action_ranking(str(tmp_path / "run"), states=3, sequences=2, noise=0.0).read_text())
+    assert same["states"] == 3 and same["true_spread_within_state"] == 0.0   # a restored state replays exactly
+    noisy = json.loads(action_ranking(str(tmp_path / "run"), states=3, sequences=3, noise=0.3).read_text())
+    assert noisy["true_spread_within_state"] > 0 and -1 <= noisy["corr_all"] <= 1
 
 
 def test_binned_gaussian_actor_is_unimodal_over_ordered_bins():
