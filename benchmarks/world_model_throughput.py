@@ -17,6 +17,9 @@ torch.cuda.max_memory_allocated.
            sampling included (no PPO)
   kv       imagination with the KV cache against recomputing the whole context for every generated
            token, on --kv-rollouts starts (recomputation is too slow for the full batch on a CPU)
+Wall times come with the process CPU time of the same calls (`*_cpu_s`): on a shared machine the CPU
+time is the steadier figure (time spent descheduled is not in it; memory contention still is).
+
   floor    what this machine can do at best for both: the Transformer's matmul FLOPs at the measured
            GEMM rate (same shapes), plus, for imagination, the KV-cache bytes that full-context decoding
            must read at the measured memory bandwidth. Attention, heads, Perceiver, tokenizer, dropout
@@ -97,15 +100,16 @@ def measure(a) -> dict:
     if a.only == "wm":
         agent.train_world_model(1)  # warm-up
         before = _rss_mb()
-        times = []
+        times, cpu = [], []
         for _ in range(a.repeats):
             _sync(dev)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             agent.train_world_model(1)
             _sync(dev)
-            times.append(time.perf_counter() - t)
+            times.append(time.perf_counter() - t), cpu.append(time.process_time() - c)
         B = p["training"]["wm_batch"]
-        out.update(step_s=float(np.median(times)), steps_s_all=[round(x, 3) for x in times], segments=B,
+        out.update(step_s=float(np.median(times)), steps_s_all=[round(x, 3) for x in times],
+                   step_cpu_s=float(np.median(cpu)), segments=B,
                    sequences_per_s=B / float(np.median(times)), agent_sequences_per_s=B * N / float(np.median(times)),
                    tokens_per_sequence=agent.world_model.max_tokens, microbatch=p["training"]["wm_microbatch"])
     elif a.only == "floor":
@@ -126,17 +130,21 @@ def measure(a) -> dict:
                 wm = _recomputing(wm)
             torch.manual_seed(1)
             _sync(dev)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             with agent.autocast():
                 traj = imagine(agent.tokenizer, wm, agent.actor, start, H, agent.obs_cfg, agent.n_choices,
                                chunk=chunk)
             _sync(dev)
+            cpu_times.append(time.process_time() - c)
             return time.perf_counter() - t, traj
+        cpu_times = []
         if a.only == "imagine":
             run(start={k: (v[:min(R, 10)] if v is not None else None) for k, v in start.items()})  # warm-up
             before = _rss_mb()
+            cpu_times.clear()
             times = [run()[0] for _ in range(a.repeats)]
-            out.update(imagine_s=float(np.median(times)), imagine_s_all=[round(x, 3) for x in times], rollouts=R,
+            out.update(imagine_s=float(np.median(times)), imagine_s_all=[round(x, 3) for x in times],
+                       imagine_cpu_s=float(np.median(cpu_times)), rollouts=R,
                        chunk=chunk, agent_steps_per_s=R * N * H / float(np.median(times)))
         else:
             before = _rss_mb()
@@ -170,7 +178,10 @@ def _rate(f, flops_or_bytes, rounds=8, repeats=3):
 
 def floor(agent, p, a) -> dict:
     """Lower bounds from measured GEMM and memory rates (see the module docstring)."""
+    from marie.algorithm import bf16_supported
     wm, dev, dt = agent.world_model, torch.device(a.device), agent.dtype
+    if agent.run.get("autocast_bf16") and bf16_supported(dev):  # the floor of the dtype the matmuls run in
+        dt = torch.bfloat16
     D, L = wm.transformer.dim, wm.transformer.n_layers
     T = wm.max_tokens                                        # tokens per stream (sequence or imagination)
     macs_per_token = L * 12 * D * D                          # qkv 3D^2 + proj D^2 + MLP 8D^2 per layer
@@ -199,7 +210,8 @@ def floor(agent, p, a) -> dict:
     big = torch.ones(256 * 2**20 // 4, device=dev, dtype=torch.float32)
     bandwidth = _rate(lambda: (big.sum(), _sync(a.device)), big.numel() * 4)
     g_wm, g_im = gemm_rate(wm_rows), gemm_rate(min(chunk_streams, 4096))
-    return {"gemm_gflops_train": g_wm / 1e9, "gemm_gflops_imagine": g_im / 1e9, "read_gb_s": bandwidth / 1e9,
+    return {"floor_dtype": str(dt).replace("torch.", ""), "gemm_gflops_train": g_wm / 1e9,
+            "gemm_gflops_imagine": g_im / 1e9, "read_gb_s": bandwidth / 1e9,
             "wm_tflop": wm_flops / 1e12, "wm_floor_s": wm_flops / g_wm,
             "imagine_tflop": im_flops / 1e12, "imagine_kv_read_gb": kv_bytes / 1e9,
             "imagine_floor_s": im_flops / g_im + kv_bytes / bandwidth,
@@ -262,14 +274,17 @@ def main(argv=None):
           f"load average {load[0]:.1f}")
     for r in rows:
         if r["what"] == "wm":
-            print(f"world-model step: {r['step_s']:.2f} s ({r['sequences_per_s']:.1f} segments/s, "
+            print(f"world-model step: {r['step_s']:.2f} s, CPU {r['step_cpu_s']:.2f} s "
+                  f"({r['sequences_per_s']:.1f} segments/s, "
                   f"{r['agent_sequences_per_s']:.1f} agent sequences/s of {r['tokens_per_sequence']} tokens), "
                   f"peak {r['peak_mb']:.0f} MB")
         elif r["what"] == "imagine":
-            print(f"imagination: {r['imagine_s']:.2f} s for {r['rollouts']} x {r['agents']} x H={r['horizon']} "
+            print(f"imagination: {r['imagine_s']:.2f} s, CPU {r['imagine_cpu_s']:.2f} s, for "
+                  f"{r['rollouts']} x {r['agents']} x H={r['horizon']} "
                   f"({r['agent_steps_per_s']:.0f} imagined agent-steps/s), peak {r['peak_mb']:.0f} MB")
         elif r["what"] == "floor":
-            print(f"floor: GEMM {r['gemm_gflops_train']:.0f} / {r['gemm_gflops_imagine']:.0f} GFLOP/s (training / "
+            print(f"floor ({r['floor_dtype']}): GEMM {r['gemm_gflops_train']:.0f} / {r['gemm_gflops_imagine']:.0f} "
+                  f"GFLOP/s (training / "
                   f"imagination shapes), memory read {r['read_gb_s']:.1f} GB/s -> world-model step >= "
                   f"{r['wm_floor_s']:.1f} s ({r['wm_tflop']:.2f} TFLOP), imagination >= {r['imagine_floor_s']:.0f} s "
                   f"({r['imagine_tflop']:.2f} TFLOP + {r['imagine_kv_read_gb']:.0f} GB of KV reads; "

@@ -77,9 +77,18 @@ class Algorithm(ABC):
         pass
 
     def autocast(self):
-        """bf16 autocast where the config asks for it (GPU); a no-op context otherwise."""
-        enabled = bool(self.run.get("autocast_bf16")) and self.device.type == "cuda"
+        """bf16 autocast where the config asks for it (`run.autocast_bf16`), on a GPU or on a CPU with native
+        bf16 (AVX512-BF16 / AMX, where oneDNN runs bf16 matmuls several times faster than fp32); a no-op
+        context otherwise. Under it the imagination's KV cache is bf16 too (half the bytes to read)."""
+        enabled = bool(self.run.get("autocast_bf16")) and bf16_supported(self.device)
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.backends.mkldnn.is_available()) and \
+        bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def masked_uniform_actions(avail: np.ndarray, rng: np.random.Generator) -> np.ndarray:

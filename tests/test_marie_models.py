@@ -3,6 +3,7 @@ unavailable actions, λ-returns and the PPO loss against hand-computed values.""
 import pytest
 import torch
 
+from marie.algorithm import bf16_supported
 from marie.imagination import imagine
 from marie.models.dropout import attention, dropout, keep_mask
 from marie.models.actor_critic import Actor, Critic, log_prob_entropy, policy_input, sample_actions
@@ -106,6 +107,30 @@ def test_kv_cached_decoding_equals_full_recomputation(over):
     assert torch.allclose(first, full_first, atol=1e-5)
     assert torch.allclose(rest, full_rest, atol=1e-5)
     assert torch.allclose(reward, full_reward, atol=1e-5)
+
+
+needs_cpu_bf16 = pytest.mark.skipif(not bf16_supported(torch.device("cpu")),
+                                    reason="this CPU has no native bf16 (AVX512-BF16/AMX)")
+
+
+@needs_cpu_bf16
+def test_cpu_bf16_autocast_keeps_the_world_model_loss_and_its_cached_decoding():
+    """`run.autocast_bf16` on a CPU: the loss and the KV-cached predictions stay within bf16 rounding of fp32,
+    and the cache holds bf16 keys and values (half the bytes each decoding call reads)."""
+    wm = make_wm().eval()
+    batch = random_batch()
+    with torch.no_grad():
+        loss32, _ = wm.loss(batch, WEIGHTS)
+        first32, rest32, reward32 = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss16, _ = wm.loss(batch, WEIGHTS)
+            assert wm.new_cache(2).k.dtype == torch.bfloat16
+            first16, rest16, reward16 = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])
+    assert wm.new_cache(2).k.dtype == torch.float32
+    assert abs(float(loss16) - float(loss32)) < 0.01 * float(loss32)
+    for a, b in ((first16, first32), (rest16, rest32), (reward16, reward32)):
+        assert (a.float() - b).abs().max() < 0.05 * b.abs().max() + 1e-3
+    assert (first16.argmax(-1) == first32.argmax(-1)).float().mean() > 0.9
 
 
 def test_causal_masking_no_information_from_the_future():

@@ -152,7 +152,10 @@ class WorldModel(nn.Module):
     # -- imagination (KV-cached decoding) -------------------------------------------------------------
     def new_cache(self, B: int) -> KVCache:
         p = next(self.parameters())
-        return self.transformer.new_cache(B * self.S, self.max_tokens, p.device, p.dtype)
+        dtype = p.dtype  # under autocast, keys and values come out of the qkv matmul in the autocast dtype
+        if torch.is_autocast_enabled(p.device.type):
+            dtype = torch.get_autocast_dtype(p.device.type)
+        return self.transformer.new_cache(B * self.S, self.max_tokens, p.device, dtype)
 
     def _feed(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         pos = self.pos_emb.weight[cache.size: cache.size + x.shape[1]]
