@@ -188,13 +188,17 @@ def action_ranking(run: str, states: int = 40, sequences: int = 8, noise: float 
     traj = imagine(agent.tokenizer, agent.world_model, agent.actor, start, H, agent.obs_cfg, agent.n_choices,
                    chunk=100, forced_actions=tokens.transpose(0, 1))
     imag = traj["reward"].float().mean(-1).sum(0).cpu().numpy().reshape(true.shape)   # agents' heads averaged
-    within = [float(np.corrcoef(true[s], imag[s])[0, 1]) for s in range(len(true))]
+    # correlation within a state: undefined (left out) where either side has no spread
+    within = [float(np.corrcoef(true[s], imag[s])[0, 1]) for s in range(len(true))
+              if true[s].std() > 0 and imag[s].std() > 0]
     result = {"run": str(rundir.path), "map": config["map"], "horizon": H, "states": len(true), "sequences": K,
               "noise": noise, "seed": seed, "true_sum_mean": float(true.mean()), "imagined_sum_mean": float(imag.mean()),
               "true_spread_within_state": float(true.std(1).mean()),
               "imagined_spread_within_state": float(imag.std(1).mean()),
               "corr_all": float(np.corrcoef(true.ravel(), imag.ravel())[0, 1]),
-              "corr_within_state_mean": float(np.nanmean(within)), "corr_within_state_median": float(np.nanmedian(within))}
+              "corr_within_state_mean": float(np.mean(within)) if within else None,
+              "corr_within_state_median": float(np.median(within)) if within else None,
+              "states_with_spread": len(within)}
     out = rundir.analysis_dir / "action_ranking.json"
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return out

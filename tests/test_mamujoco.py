@@ -112,6 +112,7 @@ def test_compounding_error_on_mamujoco_uses_normalised_observations(tmp_path):
     from marie.analysis_entry import action_ranking
     same = json.loads(action_ranking(str(tmp_path / "run"), states=3, sequences=2, noise=0.0).read_text())
     assert same["states"] == 3 and same["true_spread_within_state"] == 0.0   # a restored state replays exactly
+    assert same["corr_within_state_mean"] is None and same["states_with_spread"] == 0
     noisy = json.loads(action_ranking(str(tmp_path / "run"), states=3, sequences=3, noise=0.3).read_text())
     assert noisy["true_spread_within_state"] > 0 and -1 <= noisy["corr_all"] <= 1
 
