@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from baselines.mamba.behaviour import (Actor, MambaCritic, bin_centres, imagine, lambda_returns, policy_logits,
                                        ppo_actor_loss, sample_actions)
