@@ -58,7 +58,7 @@ def imagine(tokenizer, world_model, actor, start: dict, horizon: int, obs_cfg: d
     stack = torch.cat([start["stack"], recon.unsqueeze(2)], 2)
     last, avail = start["last"], start["avail"]
     use_last = obs_cfg["last_action"]
-    cache = wm.new_cache(B)
+    cache = wm.new_cache(B, reuse=True)   # the chunks run one after another
     wm.start(tokens, cache)
     feats, actions, logps, avails, rewards, discounts, recons, toks = [], [], [], [], [], [], [recon], [tokens]
     for t in range(horizon):

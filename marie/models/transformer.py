@@ -13,15 +13,23 @@ from marie.models.dropout import Dropout, attention, attention_weights
 
 
 class KVCache:
-    """Keys and values of every layer for a batch of B sequences, up to `max_tokens` positions."""
+    """Keys and values of every layer for a batch of B sequences, up to `max_tokens` positions.
+    `storage`: an earlier cache of at least this batch, shape and dtype whose memory this one reuses."""
 
     def __init__(self, n_layers: int, batch: int, heads: int, max_tokens: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, storage: "KVCache | None" = None):
         shape = (n_layers, batch, heads, max_tokens, head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        if storage is not None and storage.fits(shape, device, dtype):
+            self.k, self.v = storage.k[:, :batch], storage.v[:, :batch]
+        else:
+            self.k = torch.empty(shape, device=device, dtype=dtype)
+            self.v = torch.empty(shape, device=device, dtype=dtype)
         self.max_tokens = max_tokens
         self.size = 0  # positions filled
+
+    def fits(self, shape, device, dtype) -> bool:
+        return (self.k.dtype == dtype and self.k.device == torch.device(device) and self.k.shape[1] >= shape[1]
+                and self.k.shape[:1] + self.k.shape[2:] == shape[:1] + shape[2:])
 
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
@@ -87,8 +95,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, attn_dropout, resid_dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
 
-    def new_cache(self, batch: int, max_tokens: int, device, dtype) -> KVCache:
-        return KVCache(self.n_layers, batch, self.heads, max_tokens, self.dim // self.heads, device, dtype)
+    def new_cache(self, batch: int, max_tokens: int, device, dtype, storage: KVCache | None = None) -> KVCache:
+        return KVCache(self.n_layers, batch, self.heads, max_tokens, self.dim // self.heads, device, dtype, storage)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
