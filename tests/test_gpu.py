@@ -1,5 +1,6 @@
 """CUDA paths (skipped without a GPU; benchmarks/gpu_check.sh runs them on one): MARIE trains, acts and
-imagines on the GPU, the KV-cached imagination there equals recomputation, bf16 autocast keeps the losses
+imagines on the GPU without a host synchronisation in the decode loop, the KV-cached imagination there equals
+recomputation, bf16 autocast keeps the losses
 finite, and a GPU world-model step agrees with the CPU one at float32 rounding."""
 import copy
 
@@ -49,3 +50,20 @@ def test_world_model_step_on_cuda_matches_cpu(smax_3m):
     loss_cpu, _ = cpu.world_model.loss(batch, weights)
     loss_gpu, _ = gpu.world_model.loss({k: v.cuda() for k, v in batch.items()}, weights)
     assert loss_gpu.item() == pytest.approx(loss_cpu.item(), rel=1e-4)
+
+
+def test_imagination_decode_loop_never_waits_for_the_gpu(smax_3m):
+    """No host synchronisation inside imagination (the decode loop stays queued on the GPU, as CUDA graphs
+    need): CUDA's sync debug mode turns any synchronising call into an error."""
+    from marie.imagination import imagine
+    agent, _ = _agent(smax_3m, "cuda")
+    agent.tokenizer.eval(), agent.world_model.eval(), agent.actor.eval()
+    start = agent.imagination_start(8)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        traj = imagine(agent.tokenizer, agent.world_model, agent.actor, start, agent.H, agent.obs_cfg,
+                       agent.n_choices, recon_clamp=agent._recon_clamp())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert traj["actions"].is_cuda and torch.isfinite(traj["reward"]).all()
