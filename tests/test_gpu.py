@@ -1,7 +1,7 @@
 """CUDA paths (skipped without a GPU; benchmarks/gpu_check.sh runs them on one): MARIE trains, acts and
 imagines on the GPU without a host synchronisation in the decode loop, the KV-cached imagination there equals
-recomputation, bf16 autocast keeps the losses
-finite, and a GPU world-model step agrees with the CPU one at float32 rounding."""
+recomputation, bf16 autocast keeps the losses finite, and a GPU world-model step agrees with the CPU one at
+float32 rounding."""
 import copy
 
 import numpy as np
