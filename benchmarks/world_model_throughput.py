@@ -164,15 +164,15 @@ def measure(a) -> dict:
     return out
 
 
-def _rate(f, flops_or_bytes, rounds=8, repeats=3):
+def _rate(f, flops_or_bytes, clock=time.perf_counter, rounds=8, repeats=3):
     """Best rate over several rounds: a lower bound on time should use the machine at its best."""
     f()
     best = 0.0
     for _ in range(rounds):
-        t = time.perf_counter()
+        t = clock()
         for _ in range(repeats):
             f()
-        best = max(best, flops_or_bytes * repeats / (time.perf_counter() - t))
+        best = max(best, flops_or_bytes * repeats / max(clock() - t, 1e-9))
     return best
 
 
@@ -187,10 +187,14 @@ def floor(agent, p, a) -> dict:
     macs_per_token = L * 12 * D * D                          # qkv 3D^2 + proj D^2 + MLP 8D^2 per layer
     kv_bytes_per_position = L * 2 * D * torch.finfo(dt).bits // 8   # keys and values of every layer
 
+    # one thread on a CPU: rates per CPU second, like the `*_cpu_s` figures they are set beside (steadier on a
+    # shared machine than wall-clock rates); otherwise wall-clock rates
+    clock = time.process_time if a.threads == 1 and a.device == "cpu" else time.perf_counter
+
     def gemm_rate(rows):                                     # the two Transformer GEMM shapes, forward
         x, w1 = torch.randn(rows, D, device=dev, dtype=dt), torch.randn(4 * D, D, device=dev, dtype=dt)
         h, w2 = torch.randn(rows, 4 * D, device=dev, dtype=dt), torch.randn(D, 4 * D, device=dev, dtype=dt)
-        return _rate(lambda: (x @ w1.t(), h @ w2.t(), _sync(a.device)), 2 * 2 * rows * D * 4 * D)
+        return _rate(lambda: (x @ w1.t(), h @ w2.t(), _sync(a.device)), 2 * 2 * rows * D * 4 * D, clock)
 
     tr, ic = p["training"], p["imagination"]
     micro = tr["wm_microbatch"] or tr["wm_batch"]
@@ -208,7 +212,7 @@ def floor(agent, p, a) -> dict:
             positions_read += ctx
     kv_bytes = streams * kv_bytes_per_position * positions_read
     big = torch.ones(256 * 2**20 // 4, device=dev, dtype=torch.float32)
-    bandwidth = _rate(lambda: (big.sum(), _sync(a.device)), big.numel() * 4)
+    bandwidth = _rate(lambda: (big.sum(), _sync(a.device)), big.numel() * 4, clock)
     g_wm, g_im = gemm_rate(wm_rows), gemm_rate(min(chunk_streams, 4096))
     return {"floor_dtype": str(dt).replace("torch.", ""), "gemm_gflops_train": g_wm / 1e9,
             "gemm_gflops_imagine": g_im / 1e9, "read_gb_s": bandwidth / 1e9,
