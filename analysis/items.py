@@ -81,7 +81,7 @@ def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings
         _table(item, spec, coll, out / name, settings, reference)
     else:
         builder = {"curves": _curves, "aggregates": _aggregates, "improvement": _improvement,
-                   "marl_eval": _marl_eval}[spec["kind"]]
+                   "marl_eval": _marl_eval, "sample_efficiency": _sample_efficiency}[spec["kind"]]
         builder(item, spec, coll, out / name, settings)
     for e in exps:
         if e in coll.plan.get("experiments", {}):
@@ -261,6 +261,57 @@ def _curves(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) ->
     if len(curves):
         item.notes.append(f"mean over seeds with a {int(s.confidence * 100)}% percentile-bootstrap CI "
                           f"({s.reps} resamples); curves interpolated onto {s.points} points")
+
+
+def sample_efficiency(tidy: pd.DataFrame, value: str, fractions: list[float], threshold: float, reps: int,
+                      confidence: float) -> pd.DataFrame:
+    """Per map and variant: `value` at each fraction of the run's budget (each seed's evaluations linearly
+    interpolated there; mean and percentile-bootstrap CI over seeds), and the first evaluation step at which
+    the mean over seeds reaches `threshold` (NaN: never within the budget; only steps every seed evaluated)."""
+    rows = []
+    for (m, variant), g in tidy.groupby(["map", "variant"], sort=False):
+        budget = float(g["budget"].max())
+        per_seed = {seed: d.sort_values("env_steps") for seed, d in g.groupby("seed")}
+        row = {"map": m, "variant": variant, "seeds": len(per_seed), "budget": int(budget)}
+        for f in fractions:
+            at = np.array([np.interp(f * budget, d["env_steps"], d[value]) for d in per_seed.values()])[:, None]
+            mean, lo, hi = stats.bootstrap_mean_ci(at, reps, confidence)
+            row.update({f"at_{f:g}_mean": mean[0], f"at_{f:g}_lo": lo[0], f"at_{f:g}_hi": hi[0]})
+        common = g.groupby("env_steps")[value].agg(["mean", "count"])
+        reached = common[(common["count"] == len(per_seed)) & (common["mean"] >= threshold)]
+        row["steps_to_threshold"] = float(reached.index.min()) if len(reached) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _sample_efficiency(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+    exp = spec["experiment"]
+    sub = coll.experiment(exp)
+    value, threshold = spec.get("value", "win_rate"), float(spec["threshold"])
+    fractions = [float(f) for f in spec.get("fractions", [0.25, 0.5, 1.0])]
+    tidy = sub.tidy.dropna(subset=[value])
+    if not len(tidy):
+        item.notes.append("no evaluations yet")
+        return
+    table = sample_efficiency(tidy, value, fractions, threshold, s.reps, s.confidence)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"{item.name}.csv", index=False)
+    shown = pd.DataFrame({"map": table["map"], "method": table["variant"], "seeds": table["seeds"]})
+    for f in fractions:
+        shown[f"{f:.0%} of budget"] = [f"{r[f'at_{f:g}_mean']:.2f} [{r[f'at_{f:g}_lo']:.2f}, {r[f'at_{f:g}_hi']:.2f}]"
+                                       for _, r in table.iterrows()]
+    shown[f"steps to {threshold:g}"] = [f"{int(v):,}" if np.isfinite(v) else f"> {b:,}"
+                                        for v, b in zip(table["steps_to_threshold"], table["budget"])]
+    item.markdown = _md(shown)
+    (out / f"{item.name}.md").write_text(item.markdown + "\n")
+    item.files += [str(out / f"{item.name}.csv"), str(out / f"{item.name}.md")]
+    item.caption = caption(_used(sub, tidy["key"]))
+    item.notes.append(f"{value} at each fraction of the budget: each seed's evaluations interpolated linearly "
+                      f"there; mean and {int(s.confidence * 100)}% percentile-bootstrap CI over seeds "
+                      f"({s.reps} resamples). Steps to {threshold:g}: the first evaluation at which the mean over "
+                      f"seeds reaches it (the threshold is fixed in paper_figures/figures.yaml)")
+    item.runs = tidy["key"].nunique()
+    item.status = "ok"
 
 
 def _official_curves(ref_spec: dict, curves: pd.DataFrame, value: str, s: Settings) -> pd.DataFrame:

@@ -176,3 +176,18 @@ def test_marl_eval_export_layout(synthetic, tmp_path):
     assert "step_2" not in run and any("eval_episodes.csv" in n for n in notes)
     assert "seed_3" not in data["smax"]["8m"]["Random"]  # the missing run is not exported
     json.dumps(data)
+
+
+def test_sample_efficiency_fractions_and_steps_to_threshold_hand_computed():
+    from analysis.items import sample_efficiency
+    rows = [("A", 0, 0.0), ("A", 10, 0.2), ("A", 20, 0.6), ("B", 0, 0.0), ("B", 10, 0.4), ("B", 20, 0.2)]
+    tidy = pd.DataFrame([{"map": "m", "variant": "X", "seed": seed, "budget": 20, "env_steps": step,
+                          "win_rate": v} for seed, step, v in rows])
+    out = sample_efficiency(tidy, "win_rate", [0.25, 0.5, 1.0], 0.3, reps=200, confidence=0.95).iloc[0]
+    assert out["seeds"] == 2 and out["budget"] == 20
+    assert out["at_0.25_mean"] == pytest.approx(0.15)          # step 5: seeds 0.1 and 0.2 (interpolated)
+    assert out["at_0.5_mean"] == pytest.approx(0.3) and out["at_1_mean"] == pytest.approx(0.4)
+    assert out["at_1_lo"] == pytest.approx(0.2) and out["at_1_hi"] == pytest.approx(0.6)  # bootstrap of 2 seeds
+    assert out["steps_to_threshold"] == 10                       # mean 0.3 first reached at step 10
+    never = sample_efficiency(tidy, "win_rate", [1.0], 0.5, reps=200, confidence=0.95).iloc[0]
+    assert np.isnan(never["steps_to_threshold"])
