@@ -2,6 +2,8 @@
 small files of completed runs."""
 import importlib.util
 import json
+
+import pytest
 import sys
 from pathlib import Path
 
@@ -40,3 +42,23 @@ def test_status_and_collect(tmp_path):
     assert repro.status(plan, Path("/"), into)["committed"] == [done.key]
     moved = json.loads((into / "plan.json").read_text())
     assert all(r["root"] == str(into) for r in moved["runs"])
+
+
+def test_remaining_cpu_hours_from_committed_runs(tmp_path):
+    repro = _module("marie_workflow_reproduction", ROOT / "workflows" / "reproduction.py")
+    WP = repro.WP
+    cfg = WP.load_config(ROOT / "workflows" / "config.yaml")
+    cfg["results"] = str(tmp_path / "results")
+    cfg["methods"] = {"Random": {"algo": "random"}}
+    cfg["tiers"]["cpu_smac"].update(maps=["3m"], methods=["Random"], seeds=[0, 1, 2], presets={})
+    plan = WP.build_plan(cfg, tier="cpu_smac", registered={"random": "marie.random_policy:RandomPolicy"}, check=False)
+    runs = sorted(plan.runs.values(), key=lambda r: r.seed)
+    into = tmp_path / "reproduced"
+    keys = [r.key for r in runs[1:]]
+    hours, _ = repro.remaining_cpu_hours(plan, into, keys)            # nothing committed: the plan's estimate
+    assert hours == sum(r.estimated_minutes * r.threads for r in runs[1:]) / 60
+    d = into / "runs" / runs[0].key
+    d.mkdir(parents=True)
+    (d / "meta.json").write_text(json.dumps({"status": "completed", "env_steps": runs[0].steps, "cpu_s": 720.0}))
+    hours, per_method = repro.remaining_cpu_hours(plan, into, keys)
+    assert hours == pytest.approx(0.4) and per_method == {"Random": pytest.approx(0.4)}  # 720 CPU s a run, 2 to go
