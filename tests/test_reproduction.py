@@ -2,10 +2,10 @@
 small files of completed runs."""
 import importlib.util
 import json
-
-import pytest
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
