@@ -298,8 +298,9 @@ def _sample_efficiency(item: Item, spec: dict, coll: Collection, out: Path, s: S
     table.to_csv(out / f"{item.name}.csv", index=False)
     shown = pd.DataFrame({"map": table["map"], "method": table["variant"], "seeds": table["seeds"]})
     for f in fractions:
-        shown[f"{f:.0%} of budget"] = [f"{r[f'at_{f:g}_mean']:.2f} [{r[f'at_{f:g}_lo']:.2f}, {r[f'at_{f:g}_hi']:.2f}]"
-                                       for _, r in table.iterrows()]
+        shown[f"{f:.0%} of budget"] = [f"{r[f'at_{f:g}_mean']:.2f}" + (
+            f" [{r[f'at_{f:g}_lo']:.2f}, {r[f'at_{f:g}_hi']:.2f}]" if r["seeds"] > 1 else " (1 seed: no CI)")
+            for _, r in table.iterrows()]
     shown[f"steps to {threshold:g}"] = [f"{int(v):,}" if np.isfinite(v) else f"> {b:,}"
                                         for v, b in zip(table["steps_to_threshold"], table["budget"])]
     item.markdown = _md(shown)
