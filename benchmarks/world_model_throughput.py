@@ -237,7 +237,7 @@ def _recomputing(wm):
         cache.size += x.shape[1]
         return self.transformer(torch.cat(cache.parts, 1))[:, -x.shape[1]:]
     clone._feed = types.MethodType(feed, clone)
-    clone.new_cache = lambda B: Context()
+    clone.new_cache = lambda B, reuse=False: Context()
     return clone
 
 

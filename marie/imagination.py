@@ -39,15 +39,23 @@ def imagine(tokenizer, world_model, actor, start: dict, horizon: int, obs_cfg: d
     recon_clamp: clamp every reconstruction to [-c, c] (the official code does so on SMAC-like backends, whose
     observations lie in [-1, 1]: a decoder's overshoot is not fed back to the policy and the critic)."""
     B = start["obs"].shape[0]
-    if chunk and chunk < B:
-        parts = [imagine(tokenizer, world_model, actor, {k: (v[i:i + chunk] if v is not None else None)
-                                                         for k, v in start.items()},
-                         horizon, obs_cfg, n_choices, 0, greedy, record_tokens,
-                         None if forced_actions is None else forced_actions[:, i:i + chunk], recon_clamp)
+    chunk = chunk if chunk and chunk < B else B
+    try:  # the chunks one after another, on one KV cache's memory (released at the end: no memory held between)
+        parts = [_imagine_chunk(tokenizer, world_model, actor, {k: (v[i:i + chunk] if v is not None else None)
+                                                                 for k, v in start.items()},
+                                horizon, obs_cfg, n_choices, greedy, record_tokens,
+                                None if forced_actions is None else forced_actions[:, i:i + chunk], recon_clamp)
                  for i in range(0, B, chunk)]
-        return {k: (torch.cat([p[k] for p in parts], 1) if parts[0][k] is not None else None) for k in parts[0]}
+    finally:
+        world_model.release_cache()
+    if len(parts) == 1:
+        return parts[0]
+    return {k: (torch.cat([p[k] for p in parts], 1) if parts[0][k] is not None else None) for k in parts[0]}
 
-    wm = world_model
+
+def _imagine_chunk(tokenizer, wm, actor, start, horizon, obs_cfg, n_choices, greedy, record_tokens,
+                   forced_actions, recon_clamp) -> dict:
+    B = start["obs"].shape[0]
 
     def decode(tok):
         out = tokenizer.decode(tok)
@@ -58,7 +66,7 @@ def imagine(tokenizer, world_model, actor, start: dict, horizon: int, obs_cfg: d
     stack = torch.cat([start["stack"], recon.unsqueeze(2)], 2)
     last, avail = start["last"], start["avail"]
     use_last = obs_cfg["last_action"]
-    cache = wm.new_cache(B, reuse=True)   # the chunks run one after another
+    cache = wm.new_cache(B, reuse=True)
     wm.start(tokens, cache)
     feats, actions, logps, avails, rewards, discounts, recons, toks = [], [], [], [], [], [], [recon], [tokens]
     for t in range(horizon):

@@ -238,29 +238,34 @@ def test_imagination_shapes_and_masks():
 
 
 def test_imagination_reusing_the_kv_cache_memory_is_exact():
-    """Imagination reuses one cache's memory across chunks and calls (no page faults on fresh memory); stale
-    keys and values left there must never be read: the same seed gives the same trajectory as fresh memory."""
+    """The chunks of one imagination run on one cache's memory (no page faults on fresh memory), released at
+    the end; stale keys and values left there must never be read: the same seed, the same trajectory."""
     wm = make_wm().eval()
     tk = VQTokenizer(O, 32, 3, V, K, 8, 10.0, 0.9).eval()
     actor = Actor(2 * O, 16, 3, 1, A)
     start = {"obs": torch.randn(6, N, O), "stack": torch.zeros(6, N, 1, O),
              "last": torch.full((6, N, 1), -1), "avail": None}
     cfg = {"stack": 2, "agent_id": False, "last_action": False}
+    made, new_cache = [], wm.new_cache
 
-    def run(chunk):
+    def recording(B, reuse=False):
+        cache = new_cache(B, reuse)
+        cache.k.fill_(1e4), cache.v.fill_(-1e4)                                # stale garbage everywhere
+        made.append(cache.k.data_ptr())
+        return cache
+    wm.new_cache = recording
+
+    def run(starts, chunk):
         torch.manual_seed(3)
-        return imagine(tk, wm, actor, start, H, cfg, A, chunk=chunk)
-    fresh = run(0)
-    assert "_reused_cache" in wm.__dict__ and "_reused_cache" not in wm.state_dict()
-    storage = wm.__dict__["_reused_cache"]
-    storage.k.fill_(1e4), storage.v.fill_(-1e4)                                 # stale garbage everywhere
-    again, chunked = run(0), run(4)
-    assert wm.__dict__["_reused_cache"] is storage                              # no new allocation
-    for key in ("actions", "reward", "discount", "recon"):
-        assert torch.equal(fresh[key], again[key]), key
+        return imagine(tk, wm, actor, starts, H, cfg, A, chunk=chunk)
+    whole, chunked = run(start, 0), run(start, 4)
+    assert len(made) == 3 and made[1] == made[2]                               # chunks 4 + 2 share one buffer
+    assert "_reused_cache" not in wm.__dict__ and "_reused_cache" not in wm.state_dict()   # released after
     first = {k: (v[:4] if v is not None else None) for k, v in start.items()}
-    torch.manual_seed(3)
-    assert torch.equal(imagine(tk, wm, actor, first, H, cfg, A)["actions"], chunked["actions"][:, :4])
+    alone = run(first, 0)
+    for key in ("actions", "reward", "discount", "recon"):
+        assert torch.equal(alone[key], chunked[key][:, :4]), key
+    assert whole["actions"].shape == chunked["actions"].shape
 
 
 def test_lambda_returns_hand_computed():

@@ -152,8 +152,8 @@ class WorldModel(nn.Module):
     # -- imagination (KV-cached decoding) -------------------------------------------------------------
     def new_cache(self, B: int, reuse: bool = False) -> KVCache:
         """An empty KV cache for B samples. reuse: on the memory of the last reused cache where it is large
-        enough (imagination, one cache at a time): a fresh allocation of that size costs a page fault per 4 KB
-        page on first touch, more than a tenth of a CPU imagination's time at the `cpu` preset size."""
+        enough, until `release_cache` (imagination's chunks, one cache at a time): fresh memory costs a page
+        fault per 4 KB page on first touch."""
         p = next(self.parameters())
         dtype = p.dtype  # under autocast, keys and values come out of the qkv matmul in the autocast dtype
         if torch.is_autocast_enabled(p.device.type):
@@ -163,6 +163,10 @@ class WorldModel(nn.Module):
         if reuse and (storage is None or cache.k.data_ptr() != storage.k.data_ptr()):
             self.__dict__["_reused_cache"] = cache  # not a module attribute: never in state_dict or .to()
         return cache
+
+    def release_cache(self) -> None:
+        """Free the reused cache's memory (the world-model training step that follows needs it)."""
+        self.__dict__.pop("_reused_cache", None)
 
     def _feed(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         pos = self.pos_emb.weight[cache.size: cache.size + x.shape[1]]
