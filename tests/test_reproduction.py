@@ -18,14 +18,20 @@ def _module(name, path):
     return mod
 
 
-def test_status_and_collect(tmp_path):
+def _random_tier(tmp_path, seeds):
+    """The reproduction module and a cpu_smac plan of Random on 3m with these seeds, results under tmp_path."""
     repro = _module("marie_workflow_reproduction", ROOT / "workflows" / "reproduction.py")
     WP = repro.WP
     cfg = WP.load_config(ROOT / "workflows" / "config.yaml")
     cfg["results"] = str(tmp_path / "results")
     cfg["methods"] = {"Random": {"algo": "random"}}
-    cfg["tiers"]["cpu_smac"].update(maps=["3m"], methods=["Random"], seeds=[0, 1], presets={})
-    plan = WP.build_plan(cfg, tier="cpu_smac", registered={"random": "marie.random_policy:RandomPolicy"}, check=False)
+    cfg["tiers"]["cpu_smac"].update(maps=["3m"], methods=["Random"], seeds=seeds, presets={})
+    return repro, WP.build_plan(cfg, tier="cpu_smac", registered={"random": "marie.random_policy:RandomPolicy"},
+                                check=False)
+
+
+def test_status_and_collect(tmp_path):
+    repro, plan = _random_tier(tmp_path, [0, 1])
     done, partial = sorted(plan.runs.values(), key=lambda r: r.seed)
     for run, status, steps in ((done, "completed", done.steps), (partial, "running", 400)):
         d = Path(run.rundir)
@@ -45,13 +51,7 @@ def test_status_and_collect(tmp_path):
 
 
 def test_remaining_cpu_hours_from_committed_runs(tmp_path):
-    repro = _module("marie_workflow_reproduction", ROOT / "workflows" / "reproduction.py")
-    WP = repro.WP
-    cfg = WP.load_config(ROOT / "workflows" / "config.yaml")
-    cfg["results"] = str(tmp_path / "results")
-    cfg["methods"] = {"Random": {"algo": "random"}}
-    cfg["tiers"]["cpu_smac"].update(maps=["3m"], methods=["Random"], seeds=[0, 1, 2], presets={})
-    plan = WP.build_plan(cfg, tier="cpu_smac", registered={"random": "marie.random_policy:RandomPolicy"}, check=False)
+    repro, plan = _random_tier(tmp_path, [0, 1, 2])
     runs = sorted(plan.runs.values(), key=lambda r: r.seed)
     into = tmp_path / "reproduced"
     keys = [r.key for r in runs[1:]]
