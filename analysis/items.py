@@ -81,7 +81,8 @@ def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings
         _table(item, spec, coll, out / name, settings, reference)
     else:
         builder = {"curves": _curves, "aggregates": _aggregates, "improvement": _improvement,
-                   "marl_eval": _marl_eval, "sample_efficiency": _sample_efficiency}[spec["kind"]]
+                   "marl_eval": _marl_eval, "sample_efficiency": _sample_efficiency,
+                   "training_curves": _training_curves}[spec["kind"]]
         builder(item, spec, coll, out / name, settings)
     for e in exps:
         if e in coll.plan.get("experiments", {}):
@@ -312,6 +313,77 @@ def _sample_efficiency(item: Item, spec: dict, coll: Collection, out: Path, s: S
                       f"({s.reps} resamples). Steps to {threshold:g}: the first evaluation at which the mean over "
                       f"seeds reaches it (the threshold is fixed in paper_figures/figures.yaml)")
     item.runs = tidy["key"].nunique()
+    item.status = "ok"
+
+
+def training_series(runs: pd.DataFrame, tidy: pd.DataFrame, metrics: dict[str, str], eval_metrics: dict[str, str],
+                    bins: int) -> pd.DataFrame:
+    """One value per run, metric and env-step bin (key, map, variant, seed, metric, env_steps, value): a
+    train.csv metric is the mean of the updates logged in the bin (they are per update, so noisy); an
+    evaluation metric is the run's evaluations interpolated at the bin's centre. Bins split each run's
+    budget into `bins` equal parts; the runs of one map share them, so seeds can be averaged bin by bin."""
+    rows = []
+    for r in runs.itertuples():
+        edges = np.linspace(0, float(r.budget), bins + 1)
+        centres = (edges[:-1] + edges[1:]) / 2
+        ident = {"key": r.key, "map": r.map, "variant": r.variant, "seed": r.seed}
+        train = Path(r.rundir) / "train.csv"
+        if metrics and train.exists():
+            t = pd.read_csv(train)
+            t = t[(t["env_steps"] > 0) & (t["env_steps"] <= r.budget)]
+            idx = np.clip(np.searchsorted(edges, t["env_steps"].to_numpy(float), side="left") - 1, 0, bins - 1)
+            for m in metrics:
+                if m in t.columns:
+                    means = t[m].groupby(idx).mean()
+                    rows += [dict(ident, metric=m, env_steps=centres[b], value=float(v)) for b, v in means.items()
+                             if np.isfinite(v)]
+        ev = tidy[tidy["key"] == r.key].sort_values("env_steps")
+        for m in eval_metrics:
+            e = ev.dropna(subset=[m]) if m in ev.columns else ev.iloc[:0]
+            if len(e):
+                inside = centres <= e["env_steps"].max()
+                vals = np.interp(centres[inside], e["env_steps"], e[m])
+                rows += [dict(ident, metric=m, env_steps=x, value=float(v)) for x, v in zip(centres[inside], vals)]
+    return pd.DataFrame(rows, columns=["key", "map", "variant", "seed", "metric", "env_steps", "value"])
+
+
+def _training_curves(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+    """What a method's training logs say along the way (e.g. MARIE's policy entropy, world-model losses and
+    imagined return), per map, beside its evaluation: the evidence for what limits it."""
+    exp = spec["experiment"]
+    sub = coll.experiment(exp)
+    methods = list(spec.get("methods") or [s.reference_method])
+    metrics, eval_metrics = dict(spec.get("metrics") or {}), dict(spec.get("eval_metrics") or {})
+    runs = sub.runs[sub.runs["variant"].isin(methods) & sub.runs["complete"]]
+    series = training_series(runs, sub.tidy, metrics, eval_metrics, int(spec.get("bins", 20)))
+    if not len(series):
+        item.notes.append(f"no complete {', '.join(methods)} runs with these metrics yet")
+        return
+    rows = []
+    for (m, variant, metric, x), g in series.groupby(["map", "variant", "metric", "env_steps"], sort=False):
+        mean, lo, hi = stats.bootstrap_mean_ci(g["value"].to_numpy()[:, None], s.reps, s.confidence)
+        rows.append({"map": m, "variant": variant, "metric": metric, "env_steps": x, "mean": mean[0],
+                     "lower": lo[0], "upper": hi[0], "n": len(g)})
+    curves = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    maps = [m for m in coll.plan["experiments"][exp]["maps"] if m in set(curves["map"])]
+    labels = {**eval_metrics, **metrics}
+    files = plots.metric_grid(curves, out / item.name, metrics=[m for m in labels if m in set(curves["metric"])],
+                              labels=labels, maps=maps, order=methods, log=list(spec.get("log") or []),
+                              formats=s.formats)
+    curves.to_csv(out / f"{item.name}.csv", index=False)
+    series.to_csv(out / f"{item.name}_per_run.csv", index=False)
+    item.files += files + [str(out / f"{item.name}.csv"), str(out / f"{item.name}_per_run.csv")]
+    item.caption = caption(_used(sub, runs["key"]))
+    item.notes.append(f"each run's budget in {int(spec.get('bins', 20))} equal bins of env steps: a training metric is "
+                      f"the mean of the updates logged in the bin, an evaluation metric the run's evaluations "
+                      f"interpolated at the bin's centre; mean and {int(s.confidence * 100)}% percentile-bootstrap "
+                      f"CI over seeds ({s.reps} resamples)")
+    for key, g in series.groupby("key", sort=False):
+        lacking = [m for m in labels if m not in set(g["metric"])]
+        if lacking:
+            item.notes.append(f"{key}: no {', '.join(lacking)} in its logs (its curves there are the other seeds')")
+    item.runs = runs["key"].nunique()
     item.status = "ok"
 
 

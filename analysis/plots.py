@@ -185,6 +185,43 @@ def curves_figure(curves: pd.DataFrame, *, group: str, x: str = "env_steps", yla
     return fig
 
 
+def metric_grid(curves: pd.DataFrame, stem: Path, *, metrics: list[str], labels: dict[str, str], maps: list[str],
+                order: list[str] | None = None, group: str = "variant", log: list[str] = (),
+                formats=("png", "pdf")) -> list[str]:
+    """One row of panels per metric (log-scaled y for the metrics in `log`), one column per map; one line
+    (+ CI band) per group. curves: map, group, metric, env_steps, mean, lower, upper."""
+    if not len(curves) or not metrics or not maps:
+        return []
+    groups = order or list(dict.fromkeys(curves[group]))
+    cmap = _colors(groups)
+    fig, axes = plt.subplots(len(metrics), len(maps), figsize=(3.6 * len(maps), 2.3 * len(metrics)),
+                             squeeze=False, sharex="col")
+    for i, metric in enumerate(metrics):
+        for j, m in enumerate(maps):
+            ax = axes[i, j]
+            for lab in groups:
+                c = curves[(curves["map"] == m) & (curves["metric"] == metric) & (curves[group] == lab)]
+                if len(c):
+                    ax.plot(c["env_steps"], c["mean"], color=cmap[lab], lw=1.5, marker=".", ms=4, label=lab)
+                    ax.fill_between(c["env_steps"], c["lower"], c["upper"], color=cmap[lab], alpha=0.18, lw=0)
+            if i == 0:
+                ax.set_title(m, fontsize=10, loc="left")
+            if j == 0:
+                ax.set_ylabel(labels.get(metric, metric), fontsize=8)
+            if i == len(metrics) - 1:
+                ax.set_xlabel("environment steps", fontsize=8)
+            ax.set_xlim(left=0)
+            if metric in log:
+                ax.set_yscale("log")
+            ax.tick_params(which="both", labelsize=7)
+            ax.grid(alpha=0.3)
+    if len(groups) > 1:
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.03 if len(groups) > 1 else 0, 1, 1))
+    return save(fig, stem, formats)
+
+
 def interval_estimates(agg: pd.DataFrame, stem: Path, *, formats=("png", "pdf"), **kwargs) -> list[str]:
     fig = interval_figure(agg, **kwargs)
     return save(fig, stem, formats) if fig is not None else []

@@ -191,3 +191,19 @@ def test_sample_efficiency_fractions_and_steps_to_threshold_hand_computed():
     assert out["steps_to_threshold"] == 10                       # mean 0.3 first reached at step 10
     never = sample_efficiency(tidy, "win_rate", [1.0], 0.5, reps=200, confidence=0.95).iloc[0]
     assert np.isnan(never["steps_to_threshold"])
+
+
+def test_training_series_bins_train_metrics_and_interpolates_evaluations_hand_computed(tmp_path):
+    from analysis.items import training_series
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    # budget 20 in 2 bins, (0, 10] and (10, 20]: entropy 1.0 and 0.8 fall in the first, 0.2 in the second;
+    # a round logged before training (NaN entropy) and the row at step 0 are not averaged in
+    pd.DataFrame({"env_steps": [0, 4, 10, 12, 20], "entropy": [9.0, 1.0, 0.8, np.nan, 0.2],
+                  "wm_obs_loss": [np.nan, np.nan, 0.5, 0.7, 0.9]}).to_csv(rundir / "train.csv", index=False)
+    runs = pd.DataFrame([{"key": "k", "rundir": str(rundir), "map": "m", "variant": "MARIE", "seed": 0, "budget": 20}])
+    tidy = pd.DataFrame({"key": "k", "env_steps": [0, 10, 20], "return_mean": [0.0, 4.0, 2.0]})
+    out = training_series(runs, tidy, {"entropy": "", "wm_obs_loss": "", "not_logged": ""}, {"return_mean": ""}, bins=2)
+    got = {(r.metric, r.env_steps): r.value for r in out.itertuples()}
+    assert got == pytest.approx({("entropy", 5.0): 0.9, ("entropy", 15.0): 0.2, ("wm_obs_loss", 5.0): 0.5,
+                                 ("wm_obs_loss", 15.0): 0.8, ("return_mean", 5.0): 2.0, ("return_mean", 15.0): 3.0})
