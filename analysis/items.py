@@ -483,6 +483,14 @@ def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Sett
                 d = d.groupby("horizon", as_index=False)["l1_error"].mean()
             frames.append(d[["horizon", "l1_error"]].assign(map=r["map"], method=r["method"], seed=r["seed"]))
         errors = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        item.caption = caption(_used(coll, list(found)))
+        measured = path.with_suffix(".json")   # what the analysis entry point says it measured (last run's)
+        if measured.exists():
+            m = json.loads(measured.read_text())
+            item.notes.append(f"each run: {m.get('policy', '?')}; {m.get('episodes', '?')} episodes, "
+                              f"{m.get('segments', '?')} segments imagined open loop from real observations "
+                              f"(actions: {m.get('actions', '?')}; tokens: {m.get('tokens', '?')}), horizons 0-{m.get('horizon', '?')}; "
+                              f"mean and {int(s.confidence * 100)}% bootstrap CI over seeds")
         errors.to_csv(out / f"{item.name}.csv", index=False)
         item.files += plots.compounding_error(errors, out / item.name, formats=s.formats, reps=s.reps,
                                               confidence=s.confidence) + [str(out / f"{item.name}.csv")]

@@ -308,6 +308,7 @@ def compounding_error(errors: pd.DataFrame, stem: Path, *, group: str = "method"
             ax.plot(piv.columns, mean, color=cmap[lab], marker="o", ms=3, label=lab)
             ax.fill_between(piv.columns, lo, hi, color=cmap[lab], alpha=0.18, lw=0)
         ax.set_title(m, fontsize=10)
+        ax.set_ylim(bottom=0)   # growth with the horizon read against the error's size, not a cropped axis
         ax.set_xlabel("prediction horizon", fontsize=8)
         ax.set_ylabel("L1 error per observation dimension", fontsize=8)
         ax.grid(alpha=0.3)

@@ -18,20 +18,23 @@ def _module(name, path):
     return mod
 
 
-def _random_tier(tmp_path, seeds):
-    """The reproduction module and a cpu_smac plan of Random on 3m with these seeds, results under tmp_path."""
+def _random_tier(tmp_path, seeds, model_analysis=None):
+    """The reproduction module and a cpu_smac plan of Random on 3m with these seeds, results under tmp_path
+    (model_analysis: the tier's, instead of the configured one)."""
     repro = _module("marie_workflow_reproduction", ROOT / "workflows" / "reproduction.py")
     WP = repro.WP
     cfg = WP.load_config(ROOT / "workflows" / "config.yaml")
     cfg["results"] = str(tmp_path / "results")
     cfg["methods"] = {"Random": {"algo": "random"}}
-    cfg["tiers"]["cpu_smac"].update(maps=["3m"], methods=["Random"], seeds=seeds, presets={})
+    cfg["tiers"]["cpu_smac"].update(maps=["3m"], methods=["Random"], seeds=seeds, presets={},
+                                    model_analysis=model_analysis or {})
     return repro, WP.build_plan(cfg, tier="cpu_smac", registered={"random": "marie.random_policy:RandomPolicy"},
                                 check=False)
 
 
 def test_status_and_collect(tmp_path):
-    repro, plan = _random_tier(tmp_path, [0, 1])
+    repro, plan = _random_tier(tmp_path, [0, 1], {"compounding_error": {"maps": ["3m"], "methods": ["Random"]}})
+    assert plan.model_analysis["compounding_error"]["runs"] == sorted(r.key for r in plan.runs.values())
     done, partial = sorted(plan.runs.values(), key=lambda r: r.seed)
     for run, status, steps in ((done, "completed", done.steps), (partial, "running", 400)):
         d = Path(run.rundir)
@@ -39,12 +42,17 @@ def test_status_and_collect(tmp_path):
         (d / "checkpoint" / "state.pt").write_bytes(b"big")
         (d / "meta.json").write_text(json.dumps({"status": status, "env_steps": steps}))
         (d / "eval.csv").write_text("env_steps,win_rate\n0,0.0\n")
+        (d / "analysis").mkdir()
+        for name in ("compounding_error.csv", "compounding_error.json", "attention.npz"):
+            (d / "analysis" / name).write_text("x")
     into = tmp_path / "reproduced"
     groups = repro.status(plan, Path("/"), into)
     assert groups["finished, not collected"] == [done.key] and groups["started"][0].startswith(partial.key)
     assert repro.collect(plan, Path("/"), into) == [done.key]
     copied = into / "runs" / done.key
-    assert {p.name for p in copied.iterdir()} == {"meta.json", "eval.csv"}  # never the checkpoint
+    assert {p.name for p in copied.iterdir()} == {"meta.json", "eval.csv", "analysis"}  # never the checkpoint
+    # the tier's analysis output, small files only (the attention arrays are no analysis of this tier)
+    assert {p.name for p in (copied / "analysis").iterdir()} == {"compounding_error.csv", "compounding_error.json"}
     assert repro.status(plan, Path("/"), into)["committed"] == [done.key]
     moved = json.loads((into / "plan.json").read_text())
     assert all(r["root"] == str(into) for r in moved["runs"])
@@ -62,3 +70,9 @@ def test_remaining_cpu_hours_from_committed_runs(tmp_path):
     (d / "meta.json").write_text(json.dumps({"status": "completed", "env_steps": runs[0].steps, "cpu_s": 720.0}))
     hours, per_method = repro.remaining_cpu_hours(plan, into, keys)
     assert hours == pytest.approx(0.4) and per_method == {"Random": pytest.approx(0.4)}  # 720 CPU s a run, 2 to go
+
+
+def test_a_tier_names_only_configured_model_analyses(tmp_path):
+    repro = _module("marie_workflow_reproduction", ROOT / "workflows" / "reproduction.py")
+    with pytest.raises(repro.WP.PlanError, match="unknown analysis 'fig7'"):
+        _random_tier(tmp_path, [0], {"fig7": {}})

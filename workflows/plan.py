@@ -279,6 +279,7 @@ def build_plan(config: dict, tier: str | None = None, registered: dict[str, str]
     preset_override = None
     method_presets: dict = {}
     tier_res: dict = {}
+    tier_analysis: dict = {}
     tier = "demo" if demo and tier is None else tier
     if tier is not None:
         tiers = cfg.get("tiers") or {}
@@ -299,6 +300,11 @@ def build_plan(config: dict, tier: str | None = None, registered: dict[str, str]
             _need(m in methods_cfg, f"workflow config: tiers.{tier}.presets names unknown method '{m}'")
         eval_cfg = d.get("eval", eval_cfg)
         tier_res = dict(d.get("resources") or {})   # wins over the methods' own resources
+        tier_analysis = dict(d.get("model_analysis") or {})   # name -> overrides (maps, methods) of its spec
+        for name in tier_analysis:
+            _need(name in (cfg.get("model_analysis") or {}),
+                  f"workflow config: tiers.{tier}.model_analysis names unknown analysis '{name}' "
+                  f"(known: {', '.join(cfg.get('model_analysis') or {}) or 'none'})")
         root = f"{root}/{tier}"
     device = cfg.get("device", "cpu")
     _need(device in ("cpu", "cuda"), f"workflow config: device must be cpu or cuda, got {device!r}")
@@ -390,8 +396,13 @@ def build_plan(config: dict, tier: str | None = None, registered: dict[str, str]
             _need(e in cfg["experiments"] or e == "model_analysis",
                   f"target '{t}' names unknown experiment '{e}'")
     model_analysis = {}
+    analysis_cfg = cfg.get("model_analysis") or {}
     if tier is None:
-        for name, spec in (cfg.get("model_analysis") or {}).items():
+        for name, spec in analysis_cfg.items():
+            model_analysis[name] = _model_analysis(name, spec, runs, cfg)
+    else:  # a tier runs the analyses it names, on its own runs
+        for name, override in tier_analysis.items():
+            spec = {**analysis_cfg[name], **(override or {}), "experiment": tiers[tier]["experiment"]}
             model_analysis[name] = _model_analysis(name, spec, runs, cfg)
     digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Plan(name=tier or "main", root=root, backend=backend, seeds=list(seeds), runs=runs,

@@ -8,8 +8,8 @@ A tier's grid (e.g. cpu_smac: 84 runs) takes more CPU time than one sitting, so 
     python workflows/reproduction.py collect --tier cpu_smac    # copy the small files of completed runs, rebuild
                                                                 # the committed report; then commit them
 
-Only small files are committed (config.yaml, meta.json, eval.csv, eval_episodes.csv, train.csv), never
-checkpoints. A run counts as done when its meta.json says completed at the tier's budget.
+Only small files are committed (config.yaml, meta.json, eval.csv, eval_episodes.csv, train.csv, and the
+CSV/JSON a tier's model analysis writes into analysis/), never checkpoints. A run counts as done when its meta.json says completed at the tier's budget.
 """
 from __future__ import annotations
 
@@ -91,6 +91,11 @@ def collect(plan: WP.Plan, results_base: Path, out: Path) -> list[str]:
         for name in SMALL_FILES:
             if (src / name).exists():
                 shutil.copy2(src / name, dst / name)
+        for spec in plan.model_analysis.values():   # what an analysis wrote (small CSV/JSON; never .npz)
+            for f in (src / "analysis").glob(f"{Path(spec['file']).stem}.*") if run.key in spec["runs"] else []:
+                if f.suffix in (".csv", ".json"):
+                    (dst / "analysis").mkdir(exist_ok=True)
+                    shutil.copy2(f, dst / "analysis" / f.name)
         copied.append(run.key)
     WP.write_json(_relocated(plan, out), out / "plan.json")
     return copied
@@ -137,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} ({len(groups[name])}):")
             for key in groups[name]:
                 print(f"    {key}")
+    for name, spec in plan.model_analysis.items():
+        lacking = [k for k in spec["runs"] if not (into / "runs" / k / "analysis" / spec["file"]).exists()]
+        if lacking:
+            print(f"  model analysis {name} not committed yet for {len(lacking)} of {len(spec['runs'])} runs "
+                  f"(the tier's target runs it after each run): {', '.join(lacking)}")
     if len(groups["committed"]) < total:
         finished = set(groups["committed"]) | set(groups["finished, not collected"])
         pending = [k for k in plan.runs if k not in finished]

@@ -7,7 +7,8 @@
 # workflow, and an algorithm registered meanwhile would add runs the DAG never scheduled).
 # The plan's JSON ({results}/workflow/plan.json) is rewritten whenever the plan changes.
 
-MODEL_FILES = {spec["file"]: name for name, spec in PLAN.model_analysis.items()}
+# file -> its analysis' spec, over the main plan and the tiers (a tier may run an analysis on its own runs)
+MODEL_FILES = {spec["file"]: spec for plan in (PLAN, *TIERS.values()) for spec in plan.model_analysis.values()}
 
 rule plan_json:
     """The plan as JSON for the analysis; rewritten whenever the plan changes (its digest is a param)."""
@@ -49,7 +50,7 @@ if MODEL_FILES:
         wildcard_constraints:
             file="|".join(re.escape(f) for f in MODEL_FILES),
         params:
-            command=lambda w, output: PLAN.model_analysis[MODEL_FILES[w.file]]["command"].format(
+            command=lambda w, output: MODEL_FILES[w.file]["command"].format(
                 rundir=planned_run(w).rundir, out=output[0]),
         shell:
             "{params.command} > {log} 2>&1"
@@ -108,6 +109,7 @@ for _tier, _plan in TIERS.items():
         localrule: True
         input:
             _plan.markers(list(_plan.experiments)),
+            [out for spec in _plan.model_analysis.values() if spec["available"] for out in spec["outputs"]],
             PLAN_FILES[_tier],
         params:
             command=lambda w, c=report_command(_plan, _tier): c,
