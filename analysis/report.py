@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import paper_figures
-from analysis.cost import cost_markdown, cost_table
+from analysis.cost import cost_markdown, cost_table, phase_markdown, phase_split
 from analysis.describe import caption
 from analysis.items import Item, Settings, build
 from analysis.load import Collection, collect, plan_from_scan
@@ -286,6 +286,15 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
            "on a cuda device) from each run's meta.json, per method and map, and for the whole grid.")
     page.table(cost_markdown(costs))
     page.links([str(out / "cost.csv")])
+    split = phase_split(coll.runs)
+    if len(split):
+        split.to_csv(out / "phase_split.csv", index=False)
+        page.p("Where the training time of the runs that log it (MARIE's train.csv `time_*_s`) went: seconds per "
+               "10k env steps in each phase, mean over complete runs; `rest` is the environment, acting, "
+               "evaluation and checkpoints (the run's wall time minus its phases); – where a run did not log "
+               "a phase.")
+        page.table(phase_markdown(split))
+        page.links([str(out / "phase_split.csv")])
     page.h(2, "Runs")
     page.table(_runs_table(coll, out))
 

@@ -207,6 +207,23 @@ def test_cost_table_per_method_and_map_and_total(tmp_path):
     assert total["runs"] == 3 and total["wall_h"] == pytest.approx(3.5) and total["gpu_h"] == pytest.approx(3.0)
 
 
+def test_phase_split_per_10k_steps_with_the_rest_of_the_wall_time(tmp_path):
+    from analysis.cost import phase_markdown, phase_split
+    for seed, wall in ((0, 1000.0), (1, 2000.0)):   # 2000 env steps each: x5 to 10k
+        write_run(tmp_path / f"m{seed}", algo="marie", map_name="3m", seed=seed, wins=[0, 1, 2], wall_s=wall)
+        pd.DataFrame({"env_steps": [1000, 2000], "time_tokenizer_s": [1.0, 1.0], "time_world_model_s": [10.0, 30.0],
+                      "time_imagination_s": [np.nan, 20.0], "time_ppo_s": [np.nan, 8.0]}).to_csv(
+            tmp_path / f"m{seed}" / "train.csv", index=False)
+    write_run(tmp_path / "q", algo="qmix", map_name="3m", seed=0, wins=[0, 1, 2])   # no phases logged: left out
+    split = phase_split(collect(plan_from_scan(tmp_path)).runs)
+    assert len(split) == 1
+    r = split.iloc[0]
+    assert r["runs"] == 2 and r["tokenizer"] == pytest.approx(10.0) and r["world model"] == pytest.approx(200.0)
+    assert r["imagination"] == pytest.approx(100.0) and r["PPO"] == pytest.approx(40.0)
+    assert r["total"] == pytest.approx(7500.0) and r["rest"] == pytest.approx(7500.0 - 350.0)
+    assert "| MARIE | 3m | 2 | 10 (0%) | 200 (3%) | 100 (1%) | 40 (1%) | 7,150 (95%) | 7,500 |" in phase_markdown(split)
+
+
 def test_marl_eval_export_per_episode_and_per_variant(tmp_path):
     cfg = {"backend": "smax", "results": str(tmp_path), "seeds": [0, 1], "preset": "smoke",
            "eval": {"interval": EVERY, "episodes": EPISODES}, "maps": {"3s_vs_5z": {"difficulty": "Hard", "budget": STEPS}},
