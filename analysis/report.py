@@ -17,7 +17,7 @@ from pathlib import Path
 import paper_figures
 from analysis.cost import cost_markdown, cost_table, phase_markdown, phase_split
 from analysis.describe import caption
-from analysis.items import Item, Settings, build
+from analysis.items import Item, Settings, build, sample_efficiency
 from analysis.load import Collection, collect, plan_from_scan
 from analysis.tables import final_scores, summarize
 
@@ -182,7 +182,41 @@ def marie_statement(coll: Collection, plan_name: str | None) -> list[str]:
     if verdicts:
         lines.append("At equal environment steps, final win rate (the protocol's mode, mean over seeds): "
                      + "; ".join(verdicts) + ".")
+    earlier = _earlier_verdicts(coll, scores)
+    if earlier:
+        lines.append("Earlier in the budget (a sample-efficiency method may lead there and not at the end; win rate, "
+                     "mean [95% bootstrap CI] over seeds, each seed interpolated at that step): " + "; ".join(earlier) + ".")
     return lines
+
+
+def _earlier_verdicts(coll: Collection, scores, fractions=(0.25, 0.5), reps: int = 2000) -> list[str]:
+    """Per map: at each fraction of the budget, MARIE against the best other method, and whether their CIs
+    are apart (`clearly`), overlap (`within the CIs`) or MARIE is behind."""
+    tidy = coll.tidy[coll.tidy["key"].isin(set(scores["key"]))].dropna(subset=["win_rate"])
+    if not len(tidy):
+        return []
+    table = sample_efficiency(tidy, "win_rate", list(fractions), threshold=float("inf"), reps=reps, confidence=0.95)
+    out = []
+    for map_name, g in table.groupby("map", sort=True):
+        g = g.set_index("variant")
+        if "MARIE" not in g.index or len(g) < 2:
+            continue
+        parts = []
+        for f in fractions:
+            mean, lo, hi = (f"at_{f:g}_{k}" for k in ("mean", "lo", "hi"))
+            m, others = g.loc["MARIE"], g.drop(index="MARIE")
+            best = others[mean].idxmax()
+            b = others.loc[best]
+            ci = lambda r: f"{r[mean]:.2f}" + (f" [{r[lo]:.2f}, {r[hi]:.2f}]" if r["seeds"] > 1 else " (1 seed)")
+            if m[mean] <= b[mean]:
+                word = "MARIE **not** ahead"
+            elif min(m["seeds"], b["seeds"]) < 2:
+                word = "MARIE ahead (one seed: no CI to tell)"
+            else:
+                word = "MARIE ahead, CIs apart" if m[lo] > b[hi] else "MARIE ahead, within the CIs"
+            parts.append(f"at {f:.0%} {word} (MARIE {ci(m)} vs {best} {ci(b)})")
+        out.append(f"{map_name} ({int(g.loc['MARIE', 'seeds'])} MARIE seed(s)): " + ", ".join(parts))
+    return out
 
 
 def _link(path, base: Path, text: str | None = None) -> str:

@@ -333,9 +333,20 @@ def test_demo_report_says_demo(tmp_path):
 def test_report_says_map_by_map_whether_marie_is_ahead(scanned):
     from analysis.load import collect, plan_from_scan
     from analysis.report import marie_statement
-    (line,) = marie_statement(collect(plan_from_scan(scanned)), "scan")
+    line, _ = marie_statement(collect(plan_from_scan(scanned)), "scan")
     assert "3m: MARIE ahead (1.00 vs QMIX 0.38)" in line and "within" not in line.split(";")[0]
     assert f"{APPROX}: MARIE ahead" in line
+
+
+def test_report_says_whether_marie_leads_earlier_in_the_budget(scanned):
+    from analysis.load import collect, plan_from_scan
+    from analysis.report import marie_statement
+    _, earlier = marie_statement(collect(plan_from_scan(scanned)), "scan")
+    assert earlier.startswith("Earlier in the budget")
+    first = earlier.split(": ", 1)[1].split(";")[0]
+    # 3m: MARIE wins 2 of 4 at step 1000 in both seeds, QMIX 1 and 0 (a 2-seed bootstrap spans both)
+    assert first == ("3m (2 MARIE seed(s)): at 25% MARIE ahead, CIs apart (MARIE 0.25 [0.25, 0.25] vs QMIX 0.06 "
+                     "[0.00, 0.12]), at 50% MARIE ahead, CIs apart (MARIE 0.50 [0.50, 0.50] vs QMIX 0.12 [0.00, 0.25])")
 
 
 def test_export_says_what_marl_eval_cannot_read(scanned):
