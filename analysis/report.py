@@ -211,7 +211,7 @@ def _earlier_verdicts(coll: Collection, scores, fractions=(0.25, 0.5), reps: int
             if m[mean] <= b[mean]:
                 word = "MARIE **not** ahead"
             elif min(m["seeds"], b["seeds"]) < 2:
-                word = "MARIE ahead (one seed: no CI to tell)"
+                word = "MARIE ahead, one seed so no CI"
             else:
                 word = "MARIE ahead, CIs apart" if m[lo] > b[hi] else "MARIE ahead, within the CIs"
             parts.append(f"at {f:.0%} {word} (MARIE {ci(m)} vs {best} {ci(b)})")
