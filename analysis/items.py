@@ -349,12 +349,15 @@ def training_series(runs: pd.DataFrame, tidy: pd.DataFrame, metrics: dict[str, s
 
 def _training_curves(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
     """What a method's training logs say along the way (e.g. MARIE's policy entropy, world-model losses and
-    imagined return), per map, beside its evaluation: the evidence for what limits it."""
+    imagined return), per map, beside its evaluation: the evidence for what limits it. Every variant of the
+    `methods` in the experiment (e.g. MARIE with another entropy coefficient) is a line of its own."""
     exp = spec["experiment"]
     sub = coll.experiment(exp)
     methods = list(spec.get("methods") or [s.reference_method])
     metrics, eval_metrics = dict(spec.get("metrics") or {}), dict(spec.get("eval_metrics") or {})
-    runs = sub.runs[sub.runs["variant"].isin(methods) & sub.runs["complete"]]
+    runs = sub.runs[sub.runs["method"].isin(methods) & sub.runs["complete"]]
+    label_of = dict(zip(runs["variant"], runs["label"]))
+    order = [d["label"] for d in coll.plan["experiments"][exp]["variants"].values() if d["method"] in methods]
     series = training_series(runs, sub.tidy, metrics, eval_metrics, int(spec.get("bins", 20)))
     if not len(series):
         item.notes.append(f"no complete {', '.join(methods)} runs with these metrics yet")
@@ -364,12 +367,12 @@ def _training_curves(item: Item, spec: dict, coll: Collection, out: Path, s: Set
         mean, lo, hi = stats.bootstrap_mean_ci(g["value"].to_numpy()[:, None], s.reps, s.confidence)
         rows.append({"map": m, "variant": variant, "metric": metric, "env_steps": x, "mean": mean[0],
                      "lower": lo[0], "upper": hi[0], "n": len(g)})
-    curves = pd.DataFrame(rows)
+    curves = pd.DataFrame(rows).assign(label=lambda d: d["variant"].map(label_of))
     out.mkdir(parents=True, exist_ok=True)
     maps = [m for m in coll.plan["experiments"][exp]["maps"] if m in set(curves["map"])]
     labels = {**eval_metrics, **metrics}
     files = plots.metric_grid(curves, out / item.name, metrics=[m for m in labels if m in set(curves["metric"])],
-                              labels=labels, maps=maps, order=methods, log=list(spec.get("log") or []),
+                              labels=labels, maps=maps, order=order, group="label", log=list(spec.get("log") or []),
                               formats=s.formats)
     curves.to_csv(out / f"{item.name}.csv", index=False)
     series.to_csv(out / f"{item.name}_per_run.csv", index=False)

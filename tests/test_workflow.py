@@ -182,3 +182,15 @@ def test_tiers_fix_one_protocol_for_every_method_and_plan_under_their_own_root(t
         WP.build_plan(merged(cfg, {"eval": {"mode": "argmax"}}), registered=ONLY_RANDOM)
     with pytest.raises(WP.PlanError, match="no tier 'gpu_smac'"):
         WP.build_plan(cfg, tier="gpu_smac", registered=ONLY_RANDOM)
+
+
+def test_a_tier_only_experiment_is_planned_by_its_tier_and_not_by_the_main_plan(tmp_path):
+    cfg = full_config(tmp_path)
+    cfg["experiments"]["probe"] = {"env": "{backend}", "maps": ["3m"], "tier_only": True,
+                                   "variants": {"Random-probe": {"method": "Random", "set": {"run.eval_sample": True}}}}
+    cfg["tiers"]["probe_tier"] = {"experiment": "probe", "methods": [], "seeds": [0, 1], "steps": 500}
+    main = WP.build_plan(cfg, registered=ONLY_RANDOM)
+    assert "probe" not in main.experiments and not any("Random-probe" in k for k in main.runs)
+    tier = WP.build_plan(cfg, tier="probe_tier", registered=ONLY_RANDOM)
+    assert sorted(tier.runs) == ["smax/3m/Random-probe/seed0", "smax/3m/Random-probe/seed1"]
+    assert all(r.steps == 500 and "run.eval_sample=true" in r.overrides for r in tier.runs.values())

@@ -272,6 +272,8 @@ def build_plan(config: dict, tier: str | None = None, registered: dict[str, str]
     _need(len(set(seeds)) == len(seeds), f"workflow config: seeds repeat: {seeds}")
     root = str(cfg.get("results", "results"))
     experiments_cfg: dict = cfg["experiments"] or {}
+    if tier is None and not demo:  # an experiment made for a tier (`tier_only: true`) is not part of the main plan
+        experiments_cfg = {k: v for k, v in experiments_cfg.items() if not (v or {}).get("tier_only")}
     res_cfg = cfg.get("resources") or {}
     default_res = dict(res_cfg.get("default") or {})
     eval_cfg = cfg["eval"]
