@@ -190,8 +190,8 @@ def marie_statement(coll: Collection, plan_name: str | None) -> list[str]:
 
 
 def _earlier_verdicts(coll: Collection, scores, fractions=(0.25, 0.5), reps: int = 2000) -> list[str]:
-    """Per map: at each fraction of the budget, MARIE against the best other method, and whether their CIs
-    are apart (`clearly`), overlap (`within the CIs`) or MARIE is behind."""
+    """Per map: at each fraction of the budget, MARIE against the best other method: ahead with their CIs
+    apart, ahead within the CIs, ahead with one seed (no CI to compare), or not ahead."""
     tidy = coll.tidy[coll.tidy["key"].isin(set(scores["key"]))].dropna(subset=["win_rate"])
     if not len(tidy):
         return []
