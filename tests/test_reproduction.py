@@ -54,6 +54,10 @@ def test_status_and_collect(tmp_path):
     # the tier's analysis output, small files only (the attention arrays are no analysis of this tier)
     assert {p.name for p in (copied / "analysis").iterdir()} == {"compounding_error.csv", "compounding_error.json"}
     assert repro.status(plan, Path("/"), into)["committed"] == [done.key]
+    readme = (into / "README.md").read_text()      # generated: how far, what it cost, each run's exact command
+    assert readme.startswith("# The committed reproduction of the `cpu_smac` tier: 1 of 2 runs")
+    assert f"| {done.key} | `{done.command()}` |" in readme and partial.key not in readme
+    assert "| Random | 1 |" in readme
     moved = json.loads((into / "plan.json").read_text())
     assert all(r["root"] == str(into) for r in moved["runs"])
 

@@ -98,7 +98,60 @@ def collect(plan: WP.Plan, results_base: Path, out: Path) -> list[str]:
                     shutil.copy2(f, dst / "analysis" / f.name)
         copied.append(run.key)
     WP.write_json(_relocated(plan, out), out / "plan.json")
+    write_readme(plan, out)
     return copied
+
+
+def write_readme(plan: WP.Plan, out: Path) -> None:
+    """out/README.md, rebuilt from the committed runs' meta.json at every collect: how far the tier is, how to
+    reproduce it, what it cost per method, and every run's exact command, suite commit, machine and wall time.
+    Notes written by hand belong in out/NOTES.md, which this keeps and links."""
+    rows, cost = [], {}
+    for run in sorted(plan.runs.values(), key=lambda r: r.key):
+        meta_file = out / "runs" / run.key / "meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        if _state(out / "runs" / run.key, run.steps)[0] != "completed":
+            continue
+        wall, cpu = float(meta.get("wall_s") or 0.0), float(meta.get("cpu_s") or 0.0)
+        c = cost.setdefault(run.variant, {"runs": 0, "wall": [], "cpu": 0.0})
+        c["runs"] += 1
+        c["wall"].append(wall)
+        c["cpu"] += cpu
+        when = f"{str(meta.get('start_time', ''))[:16].replace('T', ' ')} to {str(meta.get('end_time', ''))[11:16]}"
+        rows.append(f"| {run.key} | `{run.command()}` | {str(meta.get('suite_commit', ''))[:7]} | "
+                    f"{meta.get('host', '')} ({meta.get('device', '')}, {meta.get('device_name', '')}) | "
+                    f"{wall:,.0f} / {cpu:,.0f} | {when} | {meta.get('resume_count', 0)} |")
+    n, total = len(rows), len(plan.runs)
+    lines = [f"# The committed reproduction of the `{plan.name}` tier: {n} of {total} runs",
+             "",
+             f"Written by `python workflows/reproduction.py collect --tier {plan.name}` from each run's meta.json "
+             "(notes by hand: [NOTES.md](NOTES.md)). What the tier is and why: docs/reproduction.md. "
+             "The report of these runs: [report/index.md](report/index.md).",
+             "",
+             f"To reproduce or continue: `snakemake --cores 2 {plan.name}`, then "
+             f"`python workflows/reproduction.py collect --tier {plan.name}` and commit this folder; "
+             f"`python workflows/reproduction.py status --tier {plan.name}` lists what is missing.",
+             "",
+             "## Cost of the committed runs",
+             "",
+             "| method | runs | wall s per run (min / median / max) | wall hours | CPU hours |",
+             "|---|---|---|---|---|"]
+    for variant, c in sorted(cost.items(), key=lambda kv: -kv[1]["cpu"]):
+        w = sorted(c["wall"])
+        lines.append(f"| {variant} | {c['runs']} | {w[0]:,.0f} / {w[len(w) // 2]:,.0f} / {w[-1]:,.0f} | "
+                     f"{sum(w) / 3600:.2f} | {c['cpu'] / 3600:.2f} |")
+    if cost:
+        lines.append(f"| all | {n} | | {sum(sum(c['wall']) for c in cost.values()) / 3600:.2f} | "
+                     f"{sum(c['cpu'] for c in cost.values()) / 3600:.2f} |")
+    lines += ["", "## Runs", "",
+              "Each run's command is the plan's, as the workflow ran it; `resumes`: times it was stopped and resumed "
+              "from its checkpoint (its wall and CPU time are summed over the parts, each part's up to its last checkpoint).",
+              "",
+              "| run | command | suite commit | host (device) | wall s / CPU s | when (UTC) | resumes |",
+              "|---|---|---|---|---|---|---|", *rows, ""]
+    tmp = out / "README.md.tmp"          # written whole, then renamed: a killed collect leaves the old README
+    tmp.write_text("\n".join(lines))
+    tmp.replace(out / "README.md")
 
 
 def _relocated(plan: WP.Plan, out: Path) -> WP.Plan:
