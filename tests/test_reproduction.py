@@ -71,9 +71,32 @@ def test_remaining_cpu_hours_from_committed_runs(tmp_path):
     assert hours == sum(r.estimated_minutes * r.threads for r in runs[1:]) / 60
     d = into / "runs" / runs[0].key
     d.mkdir(parents=True)
-    (d / "meta.json").write_text(json.dumps({"status": "completed", "env_steps": runs[0].steps, "cpu_s": 720.0}))
+    (d / "meta.json").write_text(json.dumps({"status": "completed", "env_steps": runs[0].steps, "cpu_s": 720.0,
+                                             "algo": "random", "preset": runs[0].preset, "env": "smax", "map": "3m"}))
     hours, per_method = repro.remaining_cpu_hours(plan, into, keys)
     assert hours == pytest.approx(0.4) and per_method == {"Random": pytest.approx(0.4)}  # 720 CPU s a run, 2 to go
+
+
+def test_a_grid_is_priced_by_map_then_by_other_maps_then_by_config(tmp_path):
+    repro, plan = _random_tier(tmp_path, [0])
+    WP = repro.WP
+    run = next(iter(plan.runs.values()))
+    other_map = WP.Run(**{**vars(run), "map": "8m", "key": "smax/8m/Random/seed0"})
+    other_preset = WP.Run(**{**vars(run), "preset": "paper", "key": "x", "estimated_minutes": 30.0, "threads": 2})
+    for name, m, cpu_s in (("a", "3m", 10.0), ("b", "3m", 30.0), ("c", "3m", 20.0), ("d", "2s3z", 100.0)):
+        d = tmp_path / "rep" / "runs" / name
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text(json.dumps({"status": "completed", "env_steps": 1000, "cpu_s": cpu_s,
+                                                 "algo": "random", "preset": run.preset, "env": "smax", "map": m}))
+    rates = WP.measured_rates([tmp_path / "rep"])
+    assert sorted(rates[("random", run.preset, "smax", "3m")]) == [0.01, 0.02, 0.03]
+    hours, per_method, sources = WP.estimate_cpu_hours([run, other_map, other_preset], rates)
+    # 3m: median 0.02 s/step; 8m unmeasured: median of all four (0.02, 0.03 -> 0.025); paper: 30 min x 2 threads
+    expected = [0.02 * run.steps / 3600, 0.025 * run.steps / 3600, 1.0]
+    assert hours == pytest.approx(sum(expected)) and per_method == {"Random": pytest.approx(sum(expected))}
+    assert sources == {"map": 1, "other maps": 1, "config": 1, "unknown": 0}
+    assert "priced by CPU time per env step: 1 from committed runs of the same method, preset and map" in \
+        WP.cost_line([run, other_map, other_preset], rates)
 
 
 def test_a_tier_names_only_configured_model_analyses(tmp_path):

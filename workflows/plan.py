@@ -430,16 +430,70 @@ def _module_exists(module: str) -> bool:
         return False
 
 
+REPRODUCED = Path(__file__).resolve().parents[1] / "paper_figures" / "reproduced"
+
+
+def measured_rates(folders: list[Path] | None = None) -> dict[tuple, list[float]]:
+    """CPU seconds per env step of every completed run committed under `folders` (default: every tier's
+    committed reproduction, paper_figures/reproduced/), keyed (algo, preset, env, map) from its meta.json."""
+    rates: dict[tuple, list[float]] = {}
+    for folder in REPRODUCED.glob("*") if folders is None else folders:
+        for meta_file in sorted(Path(folder).glob("runs/**/meta.json")):
+            try:
+                meta = json.loads(meta_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if meta.get("status") == "completed" and meta.get("cpu_s") and meta.get("env_steps"):
+                key = (meta.get("algo"), meta.get("preset"), meta.get("env"), meta.get("map"))
+                rates.setdefault(key, []).append(float(meta["cpu_s"]) / float(meta["env_steps"]))
+    return rates
+
+
+def estimate_cpu_hours(runs: list[Run], rates: dict[tuple, list[float]]) -> tuple[float, dict[str, float], dict[str, int]]:
+    """CPU-hours of `runs`: each run's budget times the median measured rate (`measured_rates`) of its algo,
+    preset, env and map; where that map was not measured, of its algo, preset and env on the other maps; else
+    the config's `runtime_per_100k` times its threads (a SLURM time limit, padded about 2x). Returns the total,
+    the hours per method (variant) and how many runs each source priced (map, other maps, config, unknown)."""
+    def median(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+    pooled: dict[tuple, list[float]] = {}
+    for (algo, preset, env, _), xs in rates.items():
+        pooled.setdefault((algo, preset, env), []).extend(xs)
+    per_method: dict[str, float] = {}
+    sources = {"map": 0, "other maps": 0, "config": 0, "unknown": 0}
+    for run in runs:
+        if (run.algo, run.preset, run.env, run.map) in rates:
+            hours, source = median(rates[(run.algo, run.preset, run.env, run.map)]) * run.steps / 3600, "map"
+        elif (run.algo, run.preset, run.env) in pooled:
+            hours, source = median(pooled[(run.algo, run.preset, run.env)]) * run.steps / 3600, "other maps"
+        elif run.estimated_minutes is not None:
+            hours, source = run.estimated_minutes * run.threads / 60, "config"
+        else:
+            hours, source = 0.0, "unknown"
+        sources[source] += 1
+        per_method[run.variant] = per_method.get(run.variant, 0.0) + hours
+    return sum(per_method.values()), per_method, sources
+
+
+def cost_line(runs: list[Run], rates: dict[tuple, list[float]], what: str = "estimated cost") -> str:
+    """One line pricing `runs` in CPU-hours, per method, and what each figure rests on."""
+    hours, per_method, sources = estimate_cpu_hours(runs, rates)
+    rest = {"map": "from committed runs of the same method, preset and map",
+            "other maps": "from the same method and preset on other maps",
+            "config": "from workflows/config.yaml's runtime_per_100k (a time limit, padded about 2x)",
+            "unknown": "without a figure"}
+    basis = ", ".join(f"{n} {rest[k]}" for k, n in sources.items() if n)
+    top = ", ".join(f"{m} {h:,.1f}" for m, h in sorted(per_method.items(), key=lambda x: -x[1]) if h > 0)
+    return f"  {what}: about {hours:,.1f} CPU-hours ({top}); priced by CPU time per env step: {basis}"
+
+
 def summary(plan: Plan, limit: int = 6) -> list[str]:
     """Human-readable lines: how many runs are planned and which are skipped, grouped by reason
     (the report lists every skipped run by name)."""
     lines = [f"workflow ({plan.name}): {len(plan.runs)} runs planned under {plan.root}/runs on backend {plan.backend}"]
-    known = [r for r in plan.runs.values() if r.estimated_minutes is not None]
-    if known:
-        hours = sum(r.estimated_minutes for r in known) / 60
-        core_h = sum(r.estimated_minutes * r.threads for r in known) / 60
-        lines.append(f"  estimated cost of {len(known)} runs: {hours:,.1f} run-hours, {core_h:,.1f} core-hours (measured "
-                     f"minutes per 100k steps, workflows/config.yaml `runtime_per_100k`, scaled by each budget)")
+    if plan.runs:
+        lines.append(cost_line(list(plan.runs.values()), measured_rates()))
     groups: dict[str, list[str]] = {}
     for s in plan.skipped:
         groups.setdefault(s["reason"], []).append(f"{s['experiment']}:{s['key']}")

@@ -59,24 +59,11 @@ def status(plan: WP.Plan, results_base: Path, into: Path) -> dict[str, list[str]
 
 
 def remaining_cpu_hours(plan: WP.Plan, into: Path, keys: list[str]) -> tuple[float, dict[str, float]]:
-    """CPU-hours the runs `keys` still need: per method, the median CPU seconds per env step of its committed
-    runs (meta.json `cpu_s`) times the run's budget; the plan's estimate where a method has none committed."""
-    rates: dict[str, list[float]] = {}
-    for run in plan.runs.values():
-        meta_file = into / "runs" / run.key / "meta.json"
-        if meta_file.exists():
-            meta = json.loads(meta_file.read_text())
-            if meta.get("status") == "completed" and meta.get("cpu_s") and meta.get("env_steps"):
-                rates.setdefault(run.variant, []).append(float(meta["cpu_s"]) / float(meta["env_steps"]))
-    per_method: dict[str, float] = {}
-    for key in keys:
-        run = plan.runs[key]
-        if run.variant in rates:
-            hours = sorted(rates[run.variant])[len(rates[run.variant]) // 2] * run.steps / 3600
-        else:
-            hours = (run.estimated_minutes or 0.0) * run.threads / 60
-        per_method[run.variant] = per_method.get(run.variant, 0.0) + hours
-    return sum(per_method.values()), per_method
+    """CPU-hours the runs `keys` still need, priced from this reproduction's committed runs
+    (`plan.estimate_cpu_hours`: the same method and preset on the same map, else on its other maps, else the
+    plan's estimate)."""
+    hours, per_method, _ = WP.estimate_cpu_hours([plan.runs[k] for k in keys], WP.measured_rates([into]))
+    return hours, per_method
 
 
 def collect(plan: WP.Plan, results_base: Path, out: Path) -> list[str]:
@@ -205,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         pending = [k for k in plan.runs if k not in finished]
         hours, per_method = remaining_cpu_hours(plan, into, pending)
         print(f"  still to run: about {hours:.1f} CPU-hours (median CPU time per step of each method's committed "
-              f"runs; the plan's estimate where none): "
+              f"runs on that map, else on its other maps, else the plan's estimate): "
               + ", ".join(f"{m} {h:.1f}" for m, h in sorted(per_method.items(), key=lambda x: -x[1])))
         print(f"to continue: snakemake --cores 2 {plan.name}   (then: python workflows/reproduction.py collect "
               f"--tier {plan.name}, and commit paper_figures/reproduced/{plan.name})")
