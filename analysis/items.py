@@ -264,11 +264,12 @@ def _curves(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) ->
                           f"({s.reps} resamples); curves interpolated onto {s.points} points")
 
 
-def sample_efficiency(tidy: pd.DataFrame, value: str, fractions: list[float], threshold: float, reps: int,
+def sample_efficiency(tidy: pd.DataFrame, value: str, fractions: list[float], threshold: float | None, reps: int,
                       confidence: float) -> pd.DataFrame:
     """Per map and variant: `value` at each fraction of the run's budget (each seed's evaluations linearly
     interpolated there; mean and percentile-bootstrap CI over seeds), and the first evaluation step at which
-    the mean over seeds reaches `threshold` (NaN: never within the budget; only steps every seed evaluated)."""
+    the mean over seeds reaches `threshold` (NaN: never within the budget; only steps every seed evaluated;
+    no such column when `threshold` is None)."""
     rows = []
     for (m, variant), g in tidy.groupby(["map", "variant"], sort=False):
         budget = float(g["budget"].max())
@@ -278,9 +279,10 @@ def sample_efficiency(tidy: pd.DataFrame, value: str, fractions: list[float], th
             at = np.array([np.interp(f * budget, d["env_steps"], d[value]) for d in per_seed.values()])[:, None]
             mean, lo, hi = stats.bootstrap_mean_ci(at, reps, confidence)
             row.update({f"at_{f:g}_mean": mean[0], f"at_{f:g}_lo": lo[0], f"at_{f:g}_hi": hi[0]})
-        common = g.groupby("env_steps")[value].agg(["mean", "count"])
-        reached = common[(common["count"] == len(per_seed)) & (common["mean"] >= threshold)]
-        row["steps_to_threshold"] = float(reached.index.min()) if len(reached) else np.nan
+        if threshold is not None:
+            common = g.groupby("env_steps")[value].agg(["mean", "count"])
+            reached = common[(common["count"] == len(per_seed)) & (common["mean"] >= threshold)]
+            row["steps_to_threshold"] = float(reached.index.min()) if len(reached) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -288,7 +290,8 @@ def sample_efficiency(tidy: pd.DataFrame, value: str, fractions: list[float], th
 def _sample_efficiency(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
     exp = spec["experiment"]
     sub = coll.experiment(exp)
-    value, threshold = spec.get("value", "win_rate"), float(spec["threshold"])
+    value = spec.get("value", "win_rate")
+    threshold = float(spec["threshold"]) if spec.get("threshold") is not None else None
     fractions = [float(f) for f in spec.get("fractions", [0.25, 0.5, 1.0])]
     tidy = sub.tidy.dropna(subset=[value])
     if not len(tidy):
@@ -302,16 +305,18 @@ def _sample_efficiency(item: Item, spec: dict, coll: Collection, out: Path, s: S
         shown[f"{f:.0%} of budget"] = [f"{r[f'at_{f:g}_mean']:.2f}" + (
             f" [{r[f'at_{f:g}_lo']:.2f}, {r[f'at_{f:g}_hi']:.2f}]" if r["seeds"] > 1 else " (1 seed: no CI)")
             for _, r in table.iterrows()]
-    shown[f"steps to {threshold:g}"] = [f"{int(v):,}" if np.isfinite(v) else f"> {b:,}"
-                                        for v, b in zip(table["steps_to_threshold"], table["budget"])]
+    if threshold is not None:
+        shown[f"steps to {threshold:g}"] = [f"{int(v):,}" if np.isfinite(v) else f"> {b:,}"
+                                            for v, b in zip(table["steps_to_threshold"], table["budget"])]
     item.markdown = _md(shown)
     (out / f"{item.name}.md").write_text(item.markdown + "\n")
     item.files += [str(out / f"{item.name}.csv"), str(out / f"{item.name}.md")]
     item.caption = caption(_used(sub, tidy["key"]))
     item.notes.append(f"{value} at each fraction of the budget: each seed's evaluations interpolated linearly "
                       f"there; mean and {int(s.confidence * 100)}% percentile-bootstrap CI over seeds "
-                      f"({s.reps} resamples). Steps to {threshold:g}: the first evaluation at which the mean over "
-                      f"seeds reaches it (the threshold is fixed in paper_figures/figures.yaml)")
+                      f"({s.reps} resamples)" + (f". Steps to {threshold:g}: the first evaluation at which the mean "
+                      f"over seeds reaches it (the threshold is fixed in paper_figures/figures.yaml)"
+                      if threshold is not None else ""))
     item.runs = tidy["key"].nunique()
     item.status = "ok"
 

@@ -195,7 +195,7 @@ def _earlier_verdicts(coll: Collection, scores, fractions=(0.25, 0.5), reps: int
     tidy = coll.tidy[coll.tidy["key"].isin(set(scores["key"]))].dropna(subset=["win_rate"])
     if not len(tidy):
         return []
-    table = sample_efficiency(tidy, "win_rate", list(fractions), threshold=float("inf"), reps=reps, confidence=0.95)
+    table = sample_efficiency(tidy, "win_rate", list(fractions), threshold=None, reps=reps, confidence=0.95)
     out = []
     for map_name, g in table.groupby("map", sort=True):
         g = g.set_index("variant")

@@ -191,6 +191,8 @@ def test_sample_efficiency_fractions_and_steps_to_threshold_hand_computed():
     assert out["steps_to_threshold"] == 10                       # mean 0.3 first reached at step 10
     never = sample_efficiency(tidy, "win_rate", [1.0], 0.5, reps=200, confidence=0.95).iloc[0]
     assert np.isnan(never["steps_to_threshold"])
+    no_threshold = sample_efficiency(tidy, "win_rate", [1.0], None, reps=200, confidence=0.95).iloc[0]
+    assert "steps_to_threshold" not in no_threshold and no_threshold["at_1_mean"] == pytest.approx(0.4)
 
 
 def test_training_series_bins_train_metrics_and_interpolates_evaluations_hand_computed(tmp_path):
