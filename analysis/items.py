@@ -82,7 +82,7 @@ def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings
     else:
         builder = {"curves": _curves, "aggregates": _aggregates, "improvement": _improvement,
                    "marl_eval": _marl_eval, "sample_efficiency": _sample_efficiency,
-                   "training_curves": _training_curves}[spec["kind"]]
+                   "training_curves": _training_curves, "intervention": _intervention}[spec["kind"]]
         builder(item, spec, coll, out / name, settings)
     for e in exps:
         if e in coll.plan.get("experiments", {}):
@@ -392,6 +392,101 @@ def _training_curves(item: Item, spec: dict, coll: Collection, out: Path, s: Set
         if lacking:
             item.notes.append(f"{key}: no {', '.join(lacking)} in its logs (its curves there are the other seeds')")
     item.runs = runs["key"].nunique()
+    item.status = "ok"
+
+
+def _compare(a: dict, b: dict, higher: str) -> str:
+    """a against b, each {mean, lo, hi}: `higher` with the CIs apart, within them, or not."""
+    if a["mean"] <= b["mean"]:
+        return f"not {higher}"
+    return f"{higher}, CIs apart" if a["lo"] > b["hi"] else f"{higher}, within the CIs"
+
+
+def intervention_readout(runs: pd.DataFrame, tidy: pd.DataFrame, control: str, value: str, fractions: list[float],
+                         threshold: float, metric: str, last: float, reps: int, confidence: float) -> pd.DataFrame:
+    """Per map and variant (the control among them): the sample-efficiency columns of `value`, the train.csv
+    `metric` over the last `last` fraction of the budget (each run's mean of the updates logged there; mean and
+    CI over seeds), and each intervention against the control: `value` at the budget and `metric` there."""
+    table = sample_efficiency(tidy, value, fractions, threshold, reps, confidence)
+    late = {}
+    for r in runs.itertuples():
+        train = Path(r.rundir) / "train.csv"
+        t = pd.read_csv(train) if train.exists() else pd.DataFrame()
+        if metric in t.columns:
+            t = t[(t["env_steps"] > (1 - last) * r.budget) & (t["env_steps"] <= r.budget)]
+            if t[metric].notna().any():
+                late.setdefault((r.map, r.variant), []).append(float(t[metric].mean()))
+    for col in ("mean", "lo", "hi", "seeds"):
+        table[f"{metric}_last_{col}"] = np.nan
+    for i, row in table.iterrows():
+        vals = late.get((row["map"], row["variant"]), [])
+        if vals:
+            mean, lo, hi = stats.bootstrap_mean_ci(np.array(vals)[:, None], reps, confidence)
+            table.loc[i, [f"{metric}_last_{c}" for c in ("mean", "lo", "hi", "seeds")]] = [mean[0], lo[0], hi[0],
+                                                                                           len(vals)]
+    table[f"{value}_vs_control"], table[f"{metric}_vs_control"] = "", ""
+    for m, g in table.groupby("map", sort=False):
+        if control not in set(g["variant"]):
+            continue
+        c = g[g["variant"] == control].iloc[0]
+        for i, row in g[g["variant"] != control].iterrows():
+            pick = lambda r, pre: {"mean": r[f"{pre}_mean"], "lo": r[f"{pre}_lo"], "hi": r[f"{pre}_hi"]}
+            table.loc[i, f"{value}_vs_control"] = _compare(pick(row, "at_1"), pick(c, "at_1"), "above")
+            if np.isfinite(row[f"{metric}_last_mean"]) and np.isfinite(c[f"{metric}_last_mean"]):
+                table.loc[i, f"{metric}_vs_control"] = _compare(pick(row, f"{metric}_last"),
+                                                                pick(c, f"{metric}_last"), "higher")
+    return table
+
+
+def _intervention(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) -> None:
+    """A pre-registered read-out of interventions (variants of one method) against a control: the control's
+    runs come from another plan (e.g. the committed cpu_smac reproduction), same maps, budget and protocol."""
+    from analysis.load import collect as collect_runs
+    exp, ctl = spec["experiment"], spec["control"]
+    sub = coll.experiment(exp)
+    runs = sub.runs[sub.runs["complete"]]
+    plan_file = paper_figures.HERE.parent / ctl["plan"]
+    if not plan_file.exists():
+        item.notes.append(f"the control's plan {ctl['plan']} does not exist: no read-out")
+        return
+    control = collect_runs(json.loads(plan_file.read_text()), base=paper_figures.HERE.parent).experiment(ctl["experiment"])
+    maps = set(coll.plan["experiments"][exp]["maps"])
+    c_runs = control.runs[control.runs["complete"] & (control.runs["variant"] == ctl["variant"])
+                          & control.runs["map"].isin(maps)].assign(variant=ctl["label"])
+    c_tidy = control.tidy[control.tidy["key"].isin(set(c_runs["key"]))].assign(variant=ctl["label"])
+    tidy = pd.concat([c_tidy, sub.tidy[sub.tidy["key"].isin(set(runs["key"]))]], ignore_index=True)
+    value, metric = spec.get("value", "win_rate"), spec["metric"]
+    tidy = tidy.dropna(subset=[value])
+    if not len(c_runs) or not len(runs):
+        item.notes.append(f"no complete runs yet of {'the control' if not len(c_runs) else 'the interventions'}")
+        return
+    fractions, last = [float(f) for f in spec.get("fractions", [0.25, 0.5, 1.0])], float(spec.get("last", 0.1))
+    table = intervention_readout(pd.concat([c_runs, runs], ignore_index=True), tidy, ctl["label"], value,
+                                 fractions, float(spec["threshold"]), metric, last, s.reps, s.confidence)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / f"{item.name}.csv", index=False)
+    ci = lambda r, pre: f"{r[f'{pre}_mean']:.2f}" + (f" [{r[f'{pre}_lo']:.2f}, {r[f'{pre}_hi']:.2f}]"
+                                                      if r["seeds"] > 1 else " (1 seed)")
+    shown = pd.DataFrame({"map": table["map"], "variant": table["variant"], "seeds": table["seeds"]})
+    for f in fractions:
+        shown[f"{value} at {f:.0%}"] = [ci(r, f"at_{f:g}") for _, r in table.iterrows()]
+    shown[f"steps to {float(spec['threshold']):g}"] = [f"{int(v):,}" if np.isfinite(v) else f"> {b:,}" for v, b in
+                                                     zip(table["steps_to_threshold"], table["budget"])]
+    shown[f"{metric}, last {last:.0%}"] = [  # seeds that logged the metric (a run may lack it: its train.csv says)
+        ("–" if not np.isfinite(r[f"{metric}_last_mean"]) else ci({**r, "seeds": r[f"{metric}_last_seeds"]},
+                                                                   f"{metric}_last")
+         + (f" ({int(r[f'{metric}_last_seeds'])} seeds)" if r[f"{metric}_last_seeds"] != r["seeds"] else ""))
+        for _, r in table.iterrows()]
+    shown[f"{value} at 100% vs control"] = table[f"{value}_vs_control"]
+    shown[f"{metric} vs control"] = table[f"{metric}_vs_control"]
+    item.markdown = _md(shown)
+    (out / f"{item.name}.md").write_text(item.markdown + "\n")
+    item.files += [str(out / f"{item.name}.csv"), str(out / f"{item.name}.md")]
+    item.caption = caption(pd.concat([_used(sub, runs["key"]), c_runs], ignore_index=True))
+    item.notes.append(f"control: {ctl['label']} ({len(c_runs)} runs from {ctl['plan']}); {value} interpolated at each "
+                      f"fraction of the budget, {metric} the mean of each run's updates over the last {last:.0%}; "
+                      f"mean and {int(s.confidence * 100)}% percentile-bootstrap CI over seeds ({s.reps} resamples)")
+    item.runs = len(runs) + len(c_runs)
     item.status = "ok"
 
 

@@ -209,3 +209,31 @@ def test_training_series_bins_train_metrics_and_interpolates_evaluations_hand_co
     got = {(r.metric, r.env_steps): r.value for r in out.itertuples()}
     assert got == pytest.approx({("entropy", 5.0): 0.9, ("entropy", 15.0): 0.2, ("wm_obs_loss", 5.0): 0.5,
                                  ("wm_obs_loss", 15.0): 0.8, ("return_mean", 5.0): 2.0, ("return_mean", 15.0): 3.0})
+
+
+def test_intervention_readout_against_the_control_hand_computed(tmp_path):
+    """The diagnosis read-out: win rate at the budget and entropy over its last 10 %, each intervention
+    against the control (above with the CIs apart, within them, or not)."""
+    from analysis.items import intervention_readout
+    final = {("C", 0): 0.0, ("C", 1): 0.2, ("X", 0): 0.6, ("X", 1): 0.8, ("Y", 0): 0.1, ("Y", 1): 0.3}
+    late_entropy = {("C", 0): 0.1, ("C", 1): 0.2, ("X", 0): 0.5, ("X", 1): 0.5, ("Y", 0): 0.1, ("Y", 1): 0.1}
+    runs, tidy = [], []
+    for (variant, seed), win in final.items():
+        d = tmp_path / variant / str(seed)
+        d.mkdir(parents=True)
+        # step 10 is outside the last 10 % of a 20-step budget; steps 19 and 20 are inside
+        e = late_entropy[(variant, seed)]
+        pd.DataFrame({"env_steps": [10, 19, 20], "entropy": [9.0, e - 0.05, e + 0.05]}).to_csv(d / "train.csv")
+        runs.append({"key": f"{variant}{seed}", "map": "m", "variant": variant, "seed": seed, "budget": 20,
+                     "rundir": str(d)})
+        tidy += [{"key": f"{variant}{seed}", "map": "m", "variant": variant, "seed": seed, "budget": 20,
+                  "env_steps": x, "win_rate": w} for x, w in ((0, 0.0), (20, win))]
+    t = intervention_readout(pd.DataFrame(runs), pd.DataFrame(tidy), "C", "win_rate", [0.5, 1.0], 0.25, "entropy",
+                             0.1, reps=500, confidence=0.95).set_index("variant")
+    assert t.loc["C", "entropy_last_mean"] == pytest.approx(0.15) and t.loc["X", "at_1_mean"] == pytest.approx(0.7)
+    assert t.loc["X", "at_0.5_mean"] == pytest.approx(0.35)
+    assert t.loc["X", "win_rate_vs_control"] == "above, CIs apart"          # [0.6, 0.8] against [0.0, 0.2]
+    assert t.loc["X", "entropy_vs_control"] == "higher, CIs apart"          # 0.5 against [0.1, 0.2]
+    assert t.loc["Y", "win_rate_vs_control"] == "above, within the CIs"     # 0.2 [0.1, 0.3] against 0.1 [0.0, 0.2]
+    assert t.loc["Y", "entropy_vs_control"] == "not higher"
+    assert t.loc["C", "win_rate_vs_control"] == "" and t.loc["X", "steps_to_threshold"] == 20
