@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -125,7 +126,7 @@ def write_readme(plan: WP.Plan, out: Path) -> None:
              "|---|---|---|---|---|"]
     for variant, c in sorted(cost.items(), key=lambda kv: -kv[1]["cpu"]):
         w = sorted(c["wall"])
-        lines.append(f"| {variant} | {c['runs']} | {w[0]:,.0f} / {w[len(w) // 2]:,.0f} / {w[-1]:,.0f} | "
+        lines.append(f"| {variant} | {c['runs']} | {w[0]:,.0f} / {statistics.median(w):,.0f} / {w[-1]:,.0f} | "
                      f"{sum(w) / 3600:.2f} | {c['cpu'] / 3600:.2f} |")
     if cost:
         lines.append(f"| all | {n} | | {sum(sum(c['wall']) for c in cost.values()) / 3600:.2f} | "
