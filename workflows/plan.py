@@ -454,9 +454,7 @@ def estimate_cpu_hours(runs: list[Run], rates: dict[tuple, list[float]]) -> tupl
     preset, env and map; where that map was not measured, of its algo, preset and env on the other maps; else
     the config's `runtime_per_100k` times its threads (a SLURM time limit, padded about 2x). Returns the total,
     the hours per method (variant) and how many runs each source priced (map, other maps, config, unknown)."""
-    def median(xs):
-        xs = sorted(xs)
-        return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+    from statistics import median
     pooled: dict[tuple, list[float]] = {}
     for (algo, preset, env, _), xs in rates.items():
         pooled.setdefault((algo, preset, env), []).extend(xs)

@@ -96,10 +96,9 @@ def write_readme(plan: WP.Plan, out: Path) -> None:
     Notes written by hand belong in out/NOTES.md, which this keeps and links."""
     rows, cost = [], {}
     for run in sorted(plan.runs.values(), key=lambda r: r.key):
-        meta_file = out / "runs" / run.key / "meta.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
         if _state(out / "runs" / run.key, run.steps)[0] != "completed":
             continue
+        meta = json.loads((out / "runs" / run.key / "meta.json").read_text())
         wall, cpu = float(meta.get("wall_s") or 0.0), float(meta.get("cpu_s") or 0.0)
         c = cost.setdefault(run.variant, {"runs": 0, "wall": [], "cpu": 0.0})
         c["runs"] += 1
