@@ -69,7 +69,7 @@ def build(name: str, spec: dict, coll: Collection, out: Path, settings: Settings
     item = Item(name=name, title=spec.get("title", name), kind=spec["kind"], target=spec.get("target", ""))
     if spec.get("note"):
         item.notes.append(spec["note"])
-    if spec["kind"] in ("compounding_error", "attention"):
+    if spec["kind"] in ("compounding_error", "attention", "action_ranking"):
         return _model_analysis(item, spec, coll, out / name, settings)
     exps = _experiment_names(spec)
     missing = [e for e in exps if e not in coll.plan.get("experiments", {})]
@@ -265,11 +265,13 @@ def _curves(item: Item, spec: dict, coll: Collection, out: Path, s: Settings) ->
 
 
 def sample_efficiency(tidy: pd.DataFrame, value: str, fractions: list[float], threshold: float | None, reps: int,
-                      confidence: float) -> pd.DataFrame:
+                      confidence: float, gain: bool = False) -> pd.DataFrame:
     """Per map and variant: `value` at each fraction of the run's budget (each seed's evaluations linearly
     interpolated there; mean and percentile-bootstrap CI over seeds), and the first evaluation step at which
     the mean over seeds reaches `threshold` (NaN: never within the budget; only steps every seed evaluated;
-    no such column when `threshold` is None)."""
+    no such column when `threshold` is None). gain: also each seed's `value` at the budget minus its first
+    evaluation's (mean and CI over seeds) and whether the method improved on its initial value: "improves"
+    where the CI lies above 0, "worse" where it lies below, "not clearly" where it holds 0."""
     rows = []
     for (m, variant), g in tidy.groupby(["map", "variant"], sort=False):
         budget = float(g["budget"].max())
@@ -279,6 +281,13 @@ def sample_efficiency(tidy: pd.DataFrame, value: str, fractions: list[float], th
             at = np.array([np.interp(f * budget, d["env_steps"], d[value]) for d in per_seed.values()])[:, None]
             mean, lo, hi = stats.bootstrap_mean_ci(at, reps, confidence)
             row.update({f"at_{f:g}_mean": mean[0], f"at_{f:g}_lo": lo[0], f"at_{f:g}_hi": hi[0]})
+        if gain:
+            diff = np.array([np.interp(budget, d["env_steps"], d[value]) - d[value].iloc[0]
+                             for d in per_seed.values()])[:, None]
+            mean, lo, hi = stats.bootstrap_mean_ci(diff, reps, confidence)
+            row.update({"gain_mean": mean[0], "gain_lo": lo[0], "gain_hi": hi[0], "first_step": int(min(
+                d["env_steps"].iloc[0] for d in per_seed.values())), "improves": "improves" if lo[0] > 0
+                else "worse" if hi[0] < 0 else "not clearly"})
         if threshold is not None:
             common = g.groupby("env_steps")[value].agg(["mean", "count"])
             reached = common[(common["count"] == len(per_seed)) & (common["mean"] >= threshold)]
@@ -297,7 +306,8 @@ def _sample_efficiency(item: Item, spec: dict, coll: Collection, out: Path, s: S
     if not len(tidy):
         item.notes.append("no evaluations yet")
         return
-    table = sample_efficiency(tidy, value, fractions, threshold, s.reps, s.confidence)
+    gain = bool(spec.get("gain"))
+    table = sample_efficiency(tidy, value, fractions, threshold, s.reps, s.confidence, gain)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"{item.name}.csv", index=False)
     shown = pd.DataFrame({"map": table["map"], "method": table["variant"], "seeds": table["seeds"]})
@@ -308,6 +318,11 @@ def _sample_efficiency(item: Item, spec: dict, coll: Collection, out: Path, s: S
     if threshold is not None:
         shown[f"steps to {threshold:g}"] = [f"{int(v):,}" if np.isfinite(v) else f"> {b:,}"
                                             for v, b in zip(table["steps_to_threshold"], table["budget"])]
+    if gain:
+        shown["gain over the first evaluation"] = [
+            f"{r['gain_mean']:+.2f}" + (f" [{r['gain_lo']:+.2f}, {r['gain_hi']:+.2f}]" if r["seeds"] > 1 else " (1 seed)")
+            for _, r in table.iterrows()]
+        shown["improves on it"] = [r["improves"] if r["seeds"] > 1 else "– (1 seed)" for _, r in table.iterrows()]
     item.markdown = _md(shown)
     (out / f"{item.name}.md").write_text(item.markdown + "\n")
     item.files += [str(out / f"{item.name}.csv"), str(out / f"{item.name}.md")]
@@ -316,7 +331,10 @@ def _sample_efficiency(item: Item, spec: dict, coll: Collection, out: Path, s: S
                       f"there; mean and {int(s.confidence * 100)}% percentile-bootstrap CI over seeds "
                       f"({s.reps} resamples)" + (f". Steps to {threshold:g}: the first evaluation at which the mean "
                       f"over seeds reaches it (the threshold is fixed in paper_figures/figures.yaml)"
-                      if threshold is not None else ""))
+                      if threshold is not None else "") + (
+                      f". Gain: each seed's {value} at the budget minus its first evaluation's (at step 0), mean and "
+                      f"CI over seeds; it improves where that CI lies above 0 (fixed in paper_figures/figures.yaml)"
+                      if gain else ""))
     item.runs = tidy["key"].nunique()
     item.status = "ok"
 
@@ -598,6 +616,8 @@ def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Sett
         item.files += plots.compounding_error(errors, out / item.name, formats=s.formats, reps=s.reps,
                                               confidence=s.confidence) + [str(out / f"{item.name}.csv")]
         item.runs = len(frames)
+    elif spec["kind"] == "action_ranking":
+        _action_ranking(item, coll, found, rundirs, out, s)
     else:
         arrays = {}
         for k, path in found.items():
@@ -615,6 +635,49 @@ def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Sett
             item.notes.append(f"no arrays starting with '{spec.get('prefix', '')}' for {spec.get('map')}")
     item.status = "ok" if item.files else "empty"
     return item
+
+
+ACTION_RANKING = {"corr_within_state_mean": "correlation within a state (what a policy gradient can use)",
+                  "corr_all": "correlation over all pairs", "true_sum_mean": "real H-step reward sum",
+                  "imagined_sum_mean": "imagined H-step reward sum"}
+
+
+def action_ranking_table(per_run: pd.DataFrame, reps: int, confidence: float) -> pd.DataFrame:
+    """Per map and method: each action-ranking figure (ACTION_RANKING) as mean and CI over the seeds' runs."""
+    rows = []
+    for (m, method), g in per_run.groupby(["map", "method"], sort=False):
+        row = {"map": m, "method": method, "seeds": len(g)}
+        for col in ACTION_RANKING:
+            vals = g[col].dropna().to_numpy(float)
+            mean, lo, hi = (stats.bootstrap_mean_ci(vals[:, None], reps, confidence) if len(vals)
+                            else ([np.nan], [np.nan], [np.nan]))
+            row.update({f"{col}_mean": mean[0], f"{col}_lo": lo[0], f"{col}_hi": hi[0]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _action_ranking(item: Item, coll: Collection, found: dict, rundirs: dict, out: Path, s: Settings) -> None:
+    """Can each run's imagination tell better actions from worse ones (marie.analysis_entry action-ranking)?"""
+    per_run = pd.DataFrame([{"key": k, "map": rundirs[k]["map"], "method": rundirs[k]["method"],
+                             "seed": rundirs[k]["seed"], **json.loads(p.read_text())} for k, p in found.items()])
+    table = action_ranking_table(per_run, s.reps, s.confidence)
+    per_run.to_csv(out / f"{item.name}_per_run.csv", index=False)
+    table.to_csv(out / f"{item.name}.csv", index=False)
+    shown = pd.DataFrame({"map": table["map"], "method": table["method"], "seeds": table["seeds"]})
+    for col, label in ACTION_RANKING.items():
+        shown[label] = [f"{r[f'{col}_mean']:.2f}" + (f" [{r[f'{col}_lo']:.2f}, {r[f'{col}_hi']:.2f}]"
+                                                     if r["seeds"] > 1 else " (1 seed)") for _, r in table.iterrows()]
+    item.markdown = _md(shown)
+    (out / f"{item.name}.md").write_text(item.markdown + "\n")
+    item.files += [str(out / f"{item.name}.csv"), str(out / f"{item.name}_per_run.csv"), str(out / f"{item.name}.md")]
+    item.caption = caption(_used(coll, list(found)))
+    first = per_run.iloc[0]
+    item.notes.append(f"each run's final policy plays one episode; at {int(first['states'])} of its states, "
+                      f"{int(first['sequences'])} open-loop action sequences of H = {int(first['horizon'])} steps (the "
+                      f"played actions plus N(0, {first['noise']:g}) noise) give a real reward sum (the environment "
+                      f"restored to the state) and an imagined one; correlations between them, mean and "
+                      f"{int(s.confidence * 100)}% percentile-bootstrap CI over seeds ({s.reps} resamples)")
+    item.runs = len(per_run)
 
 
 def attention_panels(name: str, a: np.ndarray) -> list[tuple[str, np.ndarray]]:

@@ -195,6 +195,36 @@ def test_sample_efficiency_fractions_and_steps_to_threshold_hand_computed():
     assert "steps_to_threshold" not in no_threshold and no_threshold["at_1_mean"] == pytest.approx(0.4)
 
 
+def test_gain_over_the_initial_return_and_whether_it_improves_hand_computed():
+    """cpu_mamujoco's pre-registered criterion: the per-seed gain (value at the budget minus the first
+    evaluation's) and "improves" only where its CI lies above 0."""
+    from analysis.items import sample_efficiency
+    rows = {"up": [(0, -10.0, 0.0), (10, 0.0, 20.0)], "mixed": [(0, -5.0, 5.0), (10, 5.0, -15.0)],
+            "down": [(0, 0.0, 0.0), (10, -2.0, -4.0)]}   # (step, seed 0, seed 1)
+    tidy = pd.DataFrame([{"map": "m", "variant": v, "seed": seed, "budget": 10, "env_steps": step,
+                          "return_mean": vals[seed]} for v, pts in rows.items() for step, *vals in pts
+                         for seed in (0, 1)])
+    t = sample_efficiency(tidy, "return_mean", [0, 1.0], None, reps=500, confidence=0.95, gain=True).set_index("variant")
+    assert t.loc["up", "at_0_mean"] == pytest.approx(-5.0) and t.loc["up", "gain_mean"] == pytest.approx(15.0)
+    assert (t.loc["up", "gain_lo"], t.loc["up", "gain_hi"]) == pytest.approx((10.0, 20.0))   # gains 10 and 20
+    assert t.loc["up", "improves"] == "improves" and t.loc["up", "first_step"] == 0
+    assert t.loc["mixed", "gain_mean"] == pytest.approx(-5.0) and t.loc["mixed", "improves"] == "not clearly"
+    assert t.loc["down", "improves"] == "worse"                                             # gains -2 and -4
+    assert "gain_mean" not in sample_efficiency(tidy, "return_mean", [1.0], None, reps=50, confidence=0.95)
+
+
+def test_action_ranking_table_means_over_seeds_hand_computed():
+    from analysis.items import ACTION_RANKING, action_ranking_table
+    per_run = pd.DataFrame([{"map": "m", "method": "MARIE", "seed": s, "corr_within_state_mean": c, "corr_all": 0.5,
+                             "true_sum_mean": -1.0, "imagined_sum_mean": i} for s, c, i in
+                            ((0, 0.0, 1.0), (1, 0.2, 3.0))])
+    t = action_ranking_table(per_run, reps=500, confidence=0.95).iloc[0]
+    assert t["seeds"] == 2 and t["corr_within_state_mean_mean"] == pytest.approx(0.1)
+    assert (t["corr_within_state_mean_lo"], t["corr_within_state_mean_hi"]) == pytest.approx((0.0, 0.2))
+    assert t["imagined_sum_mean_mean"] == pytest.approx(2.0) and t["corr_all_lo"] == pytest.approx(0.5)
+    assert set(ACTION_RANKING) <= {c[:-5] for c in t.index if c.endswith("_mean")}
+
+
 def test_training_series_bins_train_metrics_and_interpolates_evaluations_hand_computed(tmp_path):
     from analysis.items import training_series
     rundir = tmp_path / "run"

@@ -161,3 +161,9 @@ def test_fig10_plans_every_method_and_the_cpu_tier_one_protocol():
     assert len(tier.runs) == 2 * 4 * 3 and not tier.skipped
     assert {(r.steps, tuple(r.overrides[-4:-1])) for r in tier.runs.values()} == {
         (100000, ("run.eval_every=10000", "run.eval_episodes=10", "run.eval_sample=false"))}
+    # the evidence of what limits MARIE (issue 15, item 2) is part of the tier: both analyses on every MARIE run
+    marie = sorted(r.key for r in tier.runs.values() if r.method == "MARIE")
+    assert len(marie) == 6
+    assert {n: ma["runs"] for n, ma in tier.model_analysis.items()} == {"action_ranking": marie,
+                                                                       "compounding_error": marie}
+    assert WP.build_plan(cfg).model_analysis["action_ranking"]["runs"] == []   # not part of the paper's figures
