@@ -605,12 +605,16 @@ def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Sett
             frames.append(d[["horizon", "l1_error"]].assign(map=r["map"], method=r["method"], seed=r["seed"]))
         errors = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         item.caption = caption(_used(coll, list(found)))
-        measured = path.with_suffix(".json")   # what the analysis entry point says it measured (last run's)
-        if measured.exists():
-            m = json.loads(measured.read_text())
-            item.notes.append(f"each run: {m.get('policy', '?')}; {m.get('episodes', '?')} episodes, "
-                              f"{m.get('segments', '?')} segments imagined open loop from real observations "
-                              f"(actions: {m.get('actions', '?')}; tokens: {m.get('tokens', '?')}), horizons 0-{m.get('horizon', '?')}; "
+        said = {}   # what the analysis entry point says it measured, one run of each method
+        for k, p in found.items():
+            if p.with_suffix(".json").exists():
+                said.setdefault(rundirs[k]["method"], json.loads(p.with_suffix(".json").read_text()))
+        for method, m in said.items():
+            item.notes.append(f"{method}, each run: {m.get('policy', '?')}; {m.get('episodes', '?')} episodes, "
+                              f"{m.get('segments', '?')} segments imagined open loop from "
+                              f"{m.get('start', 'the real observation at their first step')} "
+                              f"(actions: {m.get('actions', '?')}; " + (f"observation tokens {m['tokens']}" if "tokens" in m else
+                                                           m.get("states", "?")) + f"), horizons 0-{m.get('horizon', '?')}; "
                               f"mean and {int(s.confidence * 100)}% bootstrap CI over seeds")
         errors.to_csv(out / f"{item.name}.csv", index=False)
         item.files += plots.compounding_error(errors, out / item.name, formats=s.formats, reps=s.reps,
@@ -646,7 +650,8 @@ def action_ranking_table(per_run: pd.DataFrame, reps: int, confidence: float) ->
     """Per map and method: each action-ranking figure (ACTION_RANKING) as mean and CI over the seeds' runs."""
     rows = []
     for (m, method), g in per_run.groupby(["map", "method"], sort=False):
-        row = {"map": m, "method": method, "seeds": len(g)}
+        row = {"map": m, "method": method, "seeds": len(g),
+               "horizon": int(g["horizon"].iloc[0]) if "horizon" in g else np.nan}   # the method's own H
         for col in ACTION_RANKING:
             vals = g[col].dropna().to_numpy(float)
             mean, lo, hi = (stats.bootstrap_mean_ci(vals[:, None], reps, confidence) if len(vals)
@@ -663,7 +668,8 @@ def _action_ranking(item: Item, coll: Collection, found: dict, rundirs: dict, ou
     table = action_ranking_table(per_run, s.reps, s.confidence)
     per_run.to_csv(out / f"{item.name}_per_run.csv", index=False)
     table.to_csv(out / f"{item.name}.csv", index=False)
-    shown = pd.DataFrame({"map": table["map"], "method": table["method"], "seeds": table["seeds"]})
+    shown = pd.DataFrame({"map": table["map"], "method": table["method"], "seeds": table["seeds"],
+                          "H": table["horizon"]})
     for col, label in ACTION_RANKING.items():
         shown[label] = [f"{r[f'{col}_mean']:.2f}" + (f" [{r[f'{col}_lo']:.2f}, {r[f'{col}_hi']:.2f}]"
                                                      if r["seeds"] > 1 else " (1 seed)") for _, r in table.iterrows()]
@@ -673,9 +679,11 @@ def _action_ranking(item: Item, coll: Collection, found: dict, rundirs: dict, ou
     item.caption = caption(_used(coll, list(found)))
     first = per_run.iloc[0]
     item.notes.append(f"each run's final policy plays one episode; at {int(first['states'])} of its states, "
-                      f"{int(first['sequences'])} open-loop action sequences of H = {int(first['horizon'])} steps (the "
+                      f"{int(first['sequences'])} open-loop action sequences of H steps (each method's imagination horizon; the "
                       f"played actions plus N(0, {first['noise']:g}) noise) give a real reward sum (the environment "
-                      f"restored to the state) and an imagined one; correlations between them, mean and "
+                      f"restored to the state) and an imagined one from what the model knows at the state "
+                      f"({'; '.join(f'{a}: {t}' for a, t in per_run.drop_duplicates('method').set_index('method')['start'].items()) if 'start' in per_run else 'its first observation'}); "
+                      f"correlations between them, mean and "
                       f"{int(s.confidence * 100)}% percentile-bootstrap CI over seeds ({s.reps} resamples)")
     item.runs = len(per_run)
 

@@ -1,24 +1,27 @@
-"""Model analysis of a finished (or checkpointed) MARIE run, written under the run's analysis/ folder.
+"""Model analysis of a finished (or checkpointed) MARIE or MAMBA run, written under the run's analysis/ folder.
 
     python -m marie.analysis_entry compounding-error --run DIR [--episodes 10] [--segments 1000] [--horizon H]
-    python -m marie.analysis_entry attention --run DIR [--segment-seed 0]
+    python -m marie.analysis_entry attention --run DIR [--segment-seed 0]          (MARIE)
     python -m marie.analysis_entry action-ranking --run DIR [--states 40] [--sequences 8] [--noise 0.3]
 
+Each agent imagines open loop through two methods (`analysis_states`, `open_loop`): MARIE from one real
+observation (its imagination's start), MAMBA from its posterior after filtering the real episode so far.
 compounding-error (Fig. 7): play `episodes` episodes with the run's final policy, draw `segments` random
-segments of H+1 observations inside them, imagine each one open loop from its first real observation
-under the real actions, and compare: L1 error per observation dimension between the real observation
-o_{t+h} and the imagined ô_{t+h}, for h = 0..H (h = 0 is the tokenizer's reconstruction error).
+segments of H+1 observations inside them, imagine each one open loop from its first step under the real
+actions, and compare: L1 error per observation dimension between the real observation o_{t+h} and the
+imagined ô_{t+h}, for h = 0..H (h = 0 is the reconstruction error: MARIE's tokenizer, MAMBA's decoder of
+the posterior). H defaults to the agent's imagination horizon.
     analysis/compounding_error.csv   horizon,l1_mean,l1_std,l1_sem,n_segments
-    analysis/compounding_error.json  what was measured (run, map, episodes, segments, policy, seed)
+    analysis/compounding_error.json  what was measured (run, map, episodes, segments, policy, seed, start)
 action-ranking (continuous control, issue 15): can imagination tell better actions from worse ones? From
 `states` states of one episode played by the run's final policy, `sequences` open-loop action sequences of
 H steps each (the played actions plus N(0, noise) per dimension, clipped, on the bin centres): the real H-step
-reward sum (the environment restored to the state) against the imagined one (real first observation, the
-same action tokens). Correlations over all pairs (mostly the state's doing) and within each state (what a
+reward sum (the environment restored to the state) against the imagined one (from the state as above, the
+same actions). Correlations over all pairs (mostly the state's doing) and within each state (what a
 policy gradient in imagination can use).
     analysis/action_ranking.json
-attention (Fig. 8-9): one real segment of H transitions from the run's replay buffer through the world
-model with attention recording on.
+attention (Fig. 8-9, MARIE): one real segment of H transitions from the run's replay buffer through the
+world model with attention recording on.
     analysis/attention.npz (numpy arrays; docs/marie.md describes them)
 """
 from __future__ import annotations
@@ -35,6 +38,10 @@ from marie.errors import UserError
 from marie.rundir import RunDir, atomic_write_text, rows_to_csv
 
 
+# the algorithms whose agents imagine open loop (analysis_states, open_loop): compounding error, action ranking
+OPEN_LOOP = ("marie", "mamba")
+
+
 def load_agent(run: str | Path, full: bool = False):
     from marie.algorithm import algorithm_class
     from marie.envs import make_env
@@ -43,8 +50,9 @@ def load_agent(run: str | Path, full: bool = False):
     config = rundir.existing_config()
     if config is None:
         raise UserError(f"{rundir.path} is not a run directory (no config.yaml)")
-    if config["algo"] != "marie":
-        raise UserError(f"{rundir.path} is a run of '{config['algo']}', not marie")
+    if config["algo"] not in OPEN_LOOP:
+        raise UserError(f"{rundir.path} is a run of '{config['algo']}', which has no world model to analyse "
+                        f"(the analyses take runs of {', '.join(OPEN_LOOP)})")
     ck = rundir.load_checkpoint()
     if ck is None:
         raise UserError(f"{rundir.path} has no checkpoint to analyse")
@@ -58,13 +66,13 @@ def load_agent(run: str | Path, full: bool = False):
         env = make_env(config["env"], config["map"], 1)
         info = env.info
         env.close()
-    cls = algorithm_class("marie")
+    cls = algorithm_class(config["algo"])
     agent = cls(info, config["params"], config["run"], torch.device(config["run"]["device"]), int(config["seed"]))
     if full:
         agent.load_state_dict(ck["algo"])
     else:
         agent.load_models(ck["algo"])
-    for m in (agent.tokenizer, agent.world_model, agent.actor, agent.critic):
+    for m in agent.analysis_modules():
         m.eval()
     return agent, config, rundir, ck
 
@@ -92,13 +100,20 @@ def play_episodes(agent, config, episodes: int, seed: int) -> list[dict]:
     return [{"obs": obs[e, : length[e] + 1], "actions": acts[e, : length[e]]} for e in range(episodes)]
 
 
+def _padded(episodes: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Played episodes of different lengths as arrays [E, T+1, N, O] and [E, T, N(, m)] (T the longest;
+    each padded with its last entry, which no segment inside the episode reads)."""
+    T = max(len(ep["actions"]) for ep in episodes)
+    pad = lambda x, n: np.concatenate([x, np.repeat(x[-1:], n - len(x), 0)]) if len(x) < n else x
+    return (np.stack([pad(ep["obs"], T + 1) for ep in episodes]),
+            np.stack([pad(ep["actions"], T) for ep in episodes]))
+
+
 def compounding_error(run: str, episodes: int = 10, segments: int = 1000, horizon: int | None = None,
                       seed: int = 0, chunk: int = 100) -> Path:
-    from marie.envs.base import discretize_actions
-    from marie.imagination import imagine
     agent, config, rundir, _ = load_agent(run)
     H = horizon or agent.H
-    if H > agent.H:
+    if config["algo"] == "marie" and H > agent.H:
         raise UserError(f"--horizon {H} exceeds the world model's horizon {agent.H}")
     torch.manual_seed(seed)
     eps = play_episodes(agent, config, episodes, seed=987_654 + seed)
@@ -106,41 +121,39 @@ def compounding_error(run: str, episodes: int = 10, segments: int = 1000, horizo
     if not usable:
         raise UserError(f"no episode is longer than the horizon {H}; lower --horizon")
     rng = np.random.default_rng(seed)
-    pick = [usable[j] for j in rng.integers(len(usable), size=segments)]
-    real = np.stack([eps[i]["obs"][t: t + H + 1] for i, t in pick])           # [B, H+1, N, O]
-    real = agent.obs_norm(real)   # the space the models work in (identity where obs_norm is off)
-    acts = np.stack([eps[i]["actions"][t: t + H] for i, t in pick])            # [B, H, N(, m)]
-    if agent.continuous:
-        low, high = np.array(agent.env_info.action_low), np.array(agent.env_info.action_high)
-        acts = discretize_actions(acts, low, high, agent.bins)
-    else:
-        acts = acts[..., None]
-    dev, dt = agent.device, agent.dtype
-    B = real.shape[0]
-    start = {"obs": torch.as_tensor(real[:, 0], device=dev, dtype=dt),
-             "stack": torch.zeros(B, agent.N, agent.S - 1, agent.O, device=dev, dtype=dt),
-             "last": torch.full((B, agent.N, agent.m), -1, dtype=torch.long, device=dev), "avail": None}
-    forced = torch.as_tensor(acts, device=dev, dtype=torch.long).transpose(0, 1)   # [H, B, N, m]
-    traj = imagine(agent.tokenizer, agent.world_model, agent.actor, start, H, agent.obs_cfg, agent.n_choices,
-                   chunk=chunk, forced_actions=forced)
-    err = (traj["recon"].float().cpu().numpy() - real.transpose(1, 0, 2, 3)).__abs__().mean(axis=(2, 3))  # [H+1, B]
+    ep_i, t0 = np.array([usable[j] for j in rng.integers(len(usable), size=segments)]).T
+    obs, acts = _padded(eps)
+    steps = t0[:, None] + np.arange(H + 1)
+    real = agent.obs_norm(obs[ep_i[:, None], steps])     # [B, H+1, N, O] in the space the models work in
+    states = agent.analysis_states(obs, acts)
+    start = {k: v[torch.as_tensor(ep_i), torch.as_tensor(t0)] for k, v in states.items()}
+    imagined = agent.open_loop(start, acts[ep_i[:, None], steps[:, :H]], chunk=chunk)
+    err = np.abs(imagined["recon"].cpu().numpy() - real).mean(axis=(2, 3)).T          # [H+1, B]
+    B = len(ep_i)
     rows = [{"horizon": h, "l1_mean": float(err[h].mean()), "l1_std": float(err[h].std()),
              "l1_sem": float(err[h].std() / np.sqrt(B)), "n_segments": B} for h in range(H + 1)]
     out = rundir.analysis_dir / "compounding_error.csv"
     atomic_write_text(out, rows_to_csv(["horizon", "l1_mean", "l1_std", "l1_sem", "n_segments"], rows))
-    meta = {"run": str(rundir.path), "env": config["env"], "map": config["map"], "episodes": episodes,
-            "segments": B, "horizon": H, "seed": seed, "policy": "final checkpoint, evaluation policy "
-            f"({'sampled' if config['run'].get('eval_sample') else 'greedy'})", "actions": "real (open loop)",
-            "tokens": "sampled from the world model",
-            "observations": "normalised (params.obs_norm)" if agent.obs_norm.enabled else "raw", "episode_lengths": [len(e["actions"]) for e in eps]}
+    meta = {"run": str(rundir.path), "algo": config["algo"], "env": config["env"], "map": config["map"],
+            "episodes": episodes, "segments": B, "horizon": H, "seed": seed, "policy": "final checkpoint, "
+            f"evaluation policy ({'sampled' if config['run'].get('eval_sample') else 'greedy'})",
+            "actions": "real (open loop)", "start": START[config["algo"]],
+            **({"tokens": "sampled from the world model"} if config["algo"] == "marie" else
+               {"states": "stochastic states sampled from the prior"}),
+            "observations": "normalised (params.obs_norm)" if agent.obs_norm.enabled else "raw",
+            "episode_lengths": [len(e["actions"]) for e in eps]}
     atomic_write_text(rundir.analysis_dir / "compounding_error.json", json.dumps(meta, indent=2) + "\n")
     return out
+
+
+# where each algorithm's open loop starts (what it knows of the real episode)
+START = {"marie": "the real observation at the segment's first step (imagination starts from one observation)",
+         "mamba": "the posterior state after filtering the real episode up to the segment's first step"}
 
 
 def action_ranking(run: str, states: int = 40, sequences: int = 8, noise: float = 0.3, seed: int = 0) -> Path:
     from marie.envs import make_env
     from marie.envs.base import discretize_actions, undiscretize_actions
-    from marie.imagination import imagine
     agent, config, rundir, _ = load_agent(run)
     if not agent.continuous:
         raise UserError(f"{rundir.path} is a run on {config['env']}: action-ranking needs continuous actions")
@@ -154,14 +167,15 @@ def action_ranking(run: str, states: int = 40, sequences: int = 8, noise: float 
     if limit < H + 1 or S > limit - H:
         raise UserError(f"--states {S} needs an episode of at least {S + H} steps (the limit is {limit})")
     times = set(rng.choice(np.arange(limit - H), size=S, replace=False).tolist())
-    carry, snaps, played = agent.initial_carry(1), [], []
+    carry, snaps, played, seen = agent.initial_carry(1), [], [], [ts.obs[0].copy()]
     with torch.no_grad():
         for t in range(limit):
             if t in times:
-                snaps.append((t, env.get_state(), ts.obs[0].copy()))
+                snaps.append((t, env.get_state()))
             a, carry = agent.act(ts, carry, training=False, greedy=not config["run"].get("eval_sample"))
             played.append(a[0])
             ts = env.step(a)
+            seen.append(np.asarray(ts.next_obs[0]).copy())
             if ts.done[0]:
                 break
     snaps = [x for x in snaps if x[0] + H <= len(played)]
@@ -169,30 +183,26 @@ def action_ranking(run: str, states: int = 40, sequences: int = 8, noise: float 
         env.close()
         raise UserError("the policy's episode ended before two of the chosen states; lower --states")
     played = np.stack(played)
-    true, starts, seqs = np.zeros((len(snaps), K)), [], []
-    for s, (t, snap, obs) in enumerate(snaps):
+    true, seqs = np.zeros((len(snaps), K)), []
+    for s, (t, snap) in enumerate(snaps):
         for k in range(K):
             seq = np.clip(played[t:t + H] + rng.normal(0, noise, played[t:t + H].shape), low, high)
             seq = undiscretize_actions(discretize_actions(seq, low, high, agent.bins), low, high, agent.bins)
             env.set_state(snap)
             true[s, k] = sum(float(env.step(seq[h][None]).reward[0]) for h in range(H))
-            starts.append(obs)
             seqs.append(seq)
     env.close()
-    dev, dt = agent.device, agent.dtype
-    B = len(seqs)
-    start = {"obs": torch.as_tensor(agent.obs_norm(np.stack(starts)), device=dev, dtype=dt),
-             "stack": torch.zeros(B, agent.N, agent.S - 1, agent.O, device=dev, dtype=dt),
-             "last": torch.full((B, agent.N, agent.m), -1, dtype=torch.long, device=dev), "avail": None}
-    tokens = torch.as_tensor(discretize_actions(np.stack(seqs), low, high, agent.bins), device=dev)
-    traj = imagine(agent.tokenizer, agent.world_model, agent.actor, start, H, agent.obs_cfg, agent.n_choices,
-                   chunk=100, forced_actions=tokens.transpose(0, 1))
-    imag = traj["reward"].float().mean(-1).sum(0).cpu().numpy().reshape(true.shape)   # agents' heads averaged
+    # each sequence starts from what the model knows at its state: the episode so far, as the agent saw it
+    at = torch.as_tensor(np.repeat([t for t, _ in snaps], K))
+    known = agent.analysis_states(np.stack(seen)[None], played[None])
+    imagined = agent.open_loop({k: v[0, at] for k, v in known.items()}, np.stack(seqs))
+    imag = imagined["reward"].sum(1).cpu().numpy().reshape(true.shape)
     # correlation within a state: undefined (left out) where either side has no spread
     within = [float(np.corrcoef(true[s], imag[s])[0, 1]) for s in range(len(true))
               if true[s].std() > 0 and imag[s].std() > 0]
-    result = {"run": str(rundir.path), "map": config["map"], "horizon": H, "states": len(true), "sequences": K,
-              "noise": noise, "seed": seed, "true_sum_mean": float(true.mean()), "imagined_sum_mean": float(imag.mean()),
+    result = {"run": str(rundir.path), "algo": config["algo"], "map": config["map"], "horizon": H,
+              "states": len(true), "sequences": K, "noise": noise, "seed": seed, "start": START[config["algo"]],
+              "true_sum_mean": float(true.mean()), "imagined_sum_mean": float(imag.mean()),
               "true_spread_within_state": float(true.std(1).mean()),
               "imagined_spread_within_state": float(imag.std(1).mean()),
               "corr_all": float(np.corrcoef(true.ravel(), imag.ravel())[0, 1]),
@@ -206,6 +216,8 @@ def action_ranking(run: str, states: int = 40, sequences: int = 8, noise: float 
 
 def attention(run: str, segment_seed: int = 0) -> Path:
     agent, config, rundir, _ = load_agent(run, full=True)
+    if config["algo"] != "marie":
+        raise UserError(f"{rundir.path} is a run of '{config['algo']}': attention maps are MARIE's (Fig. 8-9)")
     wm = agent.world_model
     torch.manual_seed(segment_seed)
     batch = agent.world_model_batch(1)

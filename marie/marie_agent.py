@@ -408,6 +408,36 @@ class MARIEAgent(Algorithm):
         if "obs_norm" in state:
             self.obs_norm.load_state_dict(state["obs_norm"])
 
+    # -- open-loop model analysis (marie.analysis_entry: compounding error, action ranking) ----------
+    def analysis_modules(self) -> list[torch.nn.Module]:
+        return [self.tokenizer, self.world_model, self.actor, self.critic]
+
+    def analysis_states(self, obs: np.ndarray, actions: np.ndarray) -> dict:
+        """What imagination starts from after each observation of played episodes (obs [E, T+1, N, O] raw,
+        actions [E, T, N(, m)] as played): MARIE imagines from one observation, so its normalised self."""
+        return {"obs": self._tensor(self.obs_norm(obs))}
+
+    @torch.no_grad()
+    def open_loop(self, start: dict, actions: np.ndarray, chunk: int = 100) -> dict:
+        """Imagine from each start (rows of analysis_states) under the given environment actions
+        [B, H, N(, m)], H at most the world model's horizon: recon [B, H+1, N, O] (normalised space; h = 0 is
+        the tokenizer's reconstruction) and reward [B, H] (the agents' heads averaged)."""
+        if self.continuous:
+            low, high = np.array(self.env_info.action_low), np.array(self.env_info.action_high)
+            tokens = discretize_actions(np.asarray(actions), low, high, self.bins)
+        else:
+            tokens = np.asarray(actions)[..., None]
+        B, H = tokens.shape[:2]
+        if H > self.H:
+            raise UserError(f"an open loop of {H} steps exceeds the world model's horizon {self.H}")
+        begin = {"obs": start["obs"], "avail": None,
+                 "stack": torch.zeros(B, self.N, self.S - 1, self.O, device=self.device, dtype=self.dtype),
+                 "last": torch.full((B, self.N, self.m), -1, dtype=torch.long, device=self.device)}
+        forced = torch.as_tensor(tokens, device=self.device, dtype=torch.long).transpose(0, 1)   # [H, B, N, m]
+        traj = imagine(self.tokenizer, self.world_model, self.actor, begin, H, self.obs_cfg, self.n_choices,
+                       chunk=chunk, forced_actions=forced)
+        return {"recon": traj["recon"].float().transpose(0, 1), "reward": traj["reward"].float().mean(-1).T}
+
 
 def continuation_weights(discount: torch.Tensor, label: float) -> torch.Tensor:
     """Dreamer's weighting of imagined steps: the probability that step t is still inside the episode, the

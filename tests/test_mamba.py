@@ -1,5 +1,7 @@
 """MAMBA: RSSM shapes, KL balancing, straight-through sampling, imagination, action masks, the smoke run
 through the CLI and resume equal to an uninterrupted run."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from baselines.mamba.rssm import RSSMState, WorldModel, kl_balance, straight_thr
 from marie.cli import main
 from marie.config import resolve_config
 from marie.envs.base import EnvInfo, TimeStep
+from marie.errors import UserError
 from resume_check import assert_resume_equals_uninterrupted
 
 INFO = EnvInfo(n_agents=3, obs_dim=6, state_dim=7, n_actions=5, episode_limit=10, backend="fake",
@@ -198,6 +201,40 @@ def test_smoke_run_through_cli(tmp_path):
     assert ev["env_steps"].tolist() == [0, 200, 400]
     train = pd.read_csv(out / "train.csv")
     assert len(train) > 0 and np.isfinite(train["model_loss"]).all() and np.isfinite(train["actor_loss"]).all()
+
+    # Fig. 7 for MAMBA: open loop from its posterior after filtering the real episode so far
+    from marie.analysis_entry import attention
+    from marie.analysis_entry import main as analyze
+    assert analyze(["compounding-error", "--run", str(out), "--episodes", "3", "--segments", "16", "--horizon", "6"]) == 0
+    ce = pd.read_csv(out / "analysis" / "compounding_error.csv")
+    assert list(ce["horizon"]) == list(range(7)) and (ce["n_segments"] == 16).all()
+    assert np.isfinite(ce["l1_mean"]).all() and (ce["l1_mean"] > 0).all()
+    meta = json.loads((out / "analysis" / "compounding_error.json").read_text())
+    assert meta["algo"] == "mamba" and "posterior" in meta["start"]
+    with pytest.raises(UserError, match="attention maps are MARIE"):
+        attention(str(out))
+
+
+def test_open_loop_starts_from_the_filtered_posterior_and_follows_the_given_actions():
+    """analysis_states is acting's filter over whole episodes; open_loop decodes the start itself at h = 0 and
+    then moves with the prior under the actions it is given."""
+    algo = make_algo()
+    rng = np.random.default_rng(0)
+    E, T, N, O = 2, 5, INFO.n_agents, INFO.obs_dim
+    obs = rng.normal(size=(E, T + 1, N, O)).astype(np.float32)
+    acts = rng.integers(0, INFO.n_actions, size=(E, T, N))
+    torch.manual_seed(0)
+    states = algo.analysis_states(obs, acts)
+    assert states["deter"].shape == (E, T + 1, N, algo.model.D)
+    torch.manual_seed(0)                           # the filter is causal: later steps change nothing before them
+    changed = obs.copy()
+    changed[:, 3:] += 5.0
+    early = algo.analysis_states(changed, acts)
+    assert torch.equal(early["deter"][:, :4], states["deter"][:, :4])
+    start = {k: v[:, 2] for k, v in states.items()}
+    out = algo.open_loop(start, acts[:, 2:5])
+    assert out["recon"].shape == (E, 4, N, O) and out["reward"].shape == (E, 3)
+    torch.testing.assert_close(out["recon"][:, 0], algo.model.decoder(RSSMState(start["deter"], start["stoch"]).feat()))
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):

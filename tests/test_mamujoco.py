@@ -98,10 +98,11 @@ def test_mamba_continuous_actions_in_bounds_and_binned(tmp_path):
     np.testing.assert_allclose(carry["action"], actions, atol=1e-6)  # [-1, 1] is HalfCheetah's action range
 
 
-def test_compounding_error_on_mamujoco_uses_normalised_observations(tmp_path):
+@pytest.mark.parametrize("algo", ["marie", "mamba"])
+def test_compounding_error_on_mamujoco_uses_normalised_observations(tmp_path, algo):
     from marie.analysis_entry import compounding_error
     from marie.runtime import Runner
-    Runner(*prepare(algo="marie", env="mamujoco", map_name="HalfCheetah-2x3", seed=0, steps=200, preset="smoke",
+    Runner(*prepare(algo=algo, env="mamujoco", map_name="HalfCheetah-2x3", seed=0, steps=200, preset="smoke",
                     overrides=["run.eval_every=200", "run.eval_episodes=1"], out=tmp_path / "run")).train()
     out = compounding_error(str(tmp_path / "run"), episodes=1, segments=8, horizon=2)
     meta = json.loads((out.parent / "compounding_error.json").read_text())
@@ -109,6 +110,7 @@ def test_compounding_error_on_mamujoco_uses_normalised_observations(tmp_path):
     rows = out.read_text().splitlines()
     l1 = [float(r.split(",")[1]) for r in rows[1:]]
     assert len(l1) == 3 and all(np.isfinite(l1)) and max(l1) < 10.0   # in normalised units, clipped to 10
+    assert meta["algo"] == algo
     from marie.analysis_entry import action_ranking
     same = json.loads(action_ranking(str(tmp_path / "run"), states=3, sequences=2, noise=0.0).read_text())
     assert same["states"] == 3 and same["true_spread_within_state"] == 0.0   # a restored state replays exactly
@@ -161,9 +163,9 @@ def test_fig10_plans_every_method_and_the_cpu_tier_one_protocol():
     assert len(tier.runs) == 2 * 4 * 3 and not tier.skipped
     assert {(r.steps, tuple(r.overrides[-4:-1])) for r in tier.runs.values()} == {
         (100000, ("run.eval_every=10000", "run.eval_episodes=10", "run.eval_sample=false"))}
-    # the evidence of what limits MARIE (issue 15, item 2) is part of the tier: both analyses on every MARIE run
-    marie = sorted(r.key for r in tier.runs.values() if r.method == "MARIE")
-    assert len(marie) == 6
-    assert {n: ma["runs"] for n, ma in tier.model_analysis.items()} == {"action_ranking": marie,
-                                                                       "compounding_error": marie}
+    # the evidence of what limits MARIE and MAMBA (issue 15, item 2) is part of the tier: both analyses on each run
+    models = sorted(r.key for r in tier.runs.values() if r.method in ("MARIE", "MAMBA"))
+    assert len(models) == 12
+    assert {n: ma["runs"] for n, ma in tier.model_analysis.items()} == {"action_ranking": models,
+                                                                       "compounding_error": models}
     assert WP.build_plan(cfg).model_analysis["action_ranking"]["runs"] == []   # not part of the paper's figures

@@ -234,6 +234,46 @@ class MAMBA(Algorithm):
         """Values [..., N] from features [..., N, F] (the critic attends over the agents axis)."""
         return self.critic(feat.reshape(-1, *feat.shape[-2:])).reshape(feat.shape[:-1]).float()
 
+    # -- open-loop model analysis (marie.analysis_entry: compounding error, action ranking) ----------
+    @property
+    def H(self) -> int:
+        return int(self.params["imagination_horizon"])
+
+    def analysis_modules(self) -> list[torch.nn.Module]:
+        return [self.model, self.actor, self.critic]
+
+    def load_models(self, state):
+        self.load_state_dict(state)
+
+    @torch.no_grad()
+    def analysis_states(self, obs: np.ndarray, actions: np.ndarray) -> dict:
+        """The posterior state after each observation of played episodes, filtered from each episode's start
+        as in acting (obs [E, T+1, N, O] raw, actions [E, T, N(, m)] as played)."""
+        dev, dt = self.device, self.dtype
+        E, L = obs.shape[:2]
+        rows = self._action_rows(actions)
+        prev = np.concatenate([np.full_like(rows[:, :1], 0.0 if self.continuous else -1), rows], 1)
+        first = np.zeros((E, L), bool)
+        first[:, 0] = True
+        states, _, _ = self.model.observe(self.obs_norm(torch.as_tensor(obs, device=dev, dtype=dt)),
+                                          torch.as_tensor(prev, device=dev), torch.as_tensor(first, device=dev))
+        return {"deter": states.deter, "stoch": states.stoch}
+
+    @torch.no_grad()
+    def open_loop(self, start: dict, actions: np.ndarray, chunk: int = 0) -> dict:
+        """Imagine from each start (rows of analysis_states) under the given environment actions
+        [B, H, N(, m)] with the prior: recon [B, H+1, N, O] (normalised space; h = 0 decodes the posterior)
+        and reward [B, H] (the agents' heads averaged)."""
+        state = RSSMState(start["deter"], start["stoch"])
+        act = torch.as_tensor(self._action_rows(actions), device=self.device)
+        feats = [state.feat()]
+        for h in range(act.shape[1]):
+            state = self.model.img_step(state, self.model.action_input(act[:, h], self.dtype))
+            feats.append(state.feat())
+        feat = torch.stack(feats, 1)                                                 # [B, H+1, N, F]
+        return {"recon": self.model.decoder(feat).float(),
+                "reward": self.model.reward_head(feat[:, 1:]).squeeze(-1).float().mean(-1)}
+
     # -- resume ------------------------------------------------------------------------------------
     def state_dict(self):
         return {"model": self.model.state_dict(), "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
