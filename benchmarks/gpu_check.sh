@@ -33,6 +33,14 @@ for what in wm imagine; do
     >> "$OUT/throughput.jsonl" || true
 done
 
+for what in imagine; do   # fixed-shape decoding, captured as CUDA graphs (world_model.static_cache, imagination.compile)
+  timeout 240 python benchmarks/world_model_throughput.py --preset "$PRESET" --device "$DEVICE" --only "$what" \
+    --chunk 0 --microbatch 0 --repeats 3 --set params.world_model.static_cache=true \
+    --set params.imagination.compile=reduce-overhead | tail -1 \
+    | python -c "import json,sys; r=json.loads(sys.stdin.read()); r['what']+='_graphs'; print(json.dumps(r))" \
+    >> "$OUT/throughput.jsonl" || true
+done
+
 echo "== a short training run on $DEVICE (SMAX 3m, $STEPS steps, training from the first round)"
 rm -rf "$OUT/run"
 timeout 300 marie run --algo marie --preset "$PRESET" --env smax --map 3m --seed 0 --steps "$STEPS" --device "$DEVICE" \

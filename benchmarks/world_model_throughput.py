@@ -139,7 +139,10 @@ def measure(a) -> dict:
             return time.perf_counter() - t, traj
         cpu_times = []
         if a.only == "imagine":
-            run(start={k: (v[:min(R, 10)] if v is not None else None) for k, v in start.items()})  # warm-up
+            if p["imagination"].get("compile"):   # compiled decoding: its graphs (and CUDA graphs) at this size
+                run(), run()
+            else:
+                run(start={k: (v[:min(R, 10)] if v is not None else None) for k, v in start.items()})  # warm-up
             before = _rss_mb()
             cpu_times.clear()
             times = [run()[0] for _ in range(a.repeats)]

@@ -28,6 +28,24 @@ import yaml
 from marie.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+# Keys added to an algorithm's defaults after runs of it existed, each with the value that reproduces those
+# runs exactly: a run directory whose config.yaml predates a key holds the same configuration with that
+# value (it resumes, and compares equal to a new run's). A key whose default changes behaviour never goes here.
+ADDED_KEYS = {"marie": {"params.world_model.static_cache": False, "params.imagination.compile": None}}
+
+
+def with_added_keys(config: dict) -> dict:
+    """A run directory's configuration with each of its algorithm's ADDED_KEYS it lacks, at that value."""
+    out = copy.deepcopy(config)
+    for dotted, value in ADDED_KEYS.get(out.get("algo"), {}).items():
+        *path, last = dotted.split(".")
+        node = out
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(last, value)
+    return out
 RUNTIME_FILE = CONFIG_DIR / "runtime.yaml"
 _BLOCK_KEYS = {"run", "params"}
 _META_KEYS = {"inherit", "maps", "envs", "description"}

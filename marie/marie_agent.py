@@ -64,6 +64,14 @@ def validate_params(p: dict, n_agents: int) -> None:
         raise UserError(f"params.tokenizer.recon_loss must be mse or l1, got {tk['recon_loss']!r}")
     if not 0.0 < float(tk["ema_decay"]) < 1.0:
         raise UserError(f"params.tokenizer.ema_decay must lie in (0, 1), got {tk['ema_decay']!r}")
+    if not isinstance(wm.get("static_cache", False), bool):
+        raise UserError(f"params.world_model.static_cache must be true or false, got {wm['static_cache']!r}")
+    mode = p["imagination"].get("compile")
+    if mode not in (None, False, "default", "reduce-overhead", "max-autotune"):
+        raise UserError(f"params.imagination.compile must be null, default, reduce-overhead or max-autotune, got {mode!r}")
+    if mode and not wm.get("static_cache", False):
+        raise UserError("params.imagination.compile needs params.world_model.static_cache=true (fixed decoding "
+                        "shapes: one graph for every position)")
     if wm["aggregation"] not in ("perceiver", "none"):
         raise UserError(f"params.world_model.aggregation must be perceiver or none, got {wm['aggregation']!r}")
     if wm["embed_dim"] % wm["heads"]:
@@ -112,6 +120,8 @@ class MARIEAgent(Algorithm):
         predict_avail = bool(p["world_model"]["predict_avail"]) and not self.continuous
         self.world_model = WorldModel(self.N, self.tokenizer.vocab, self.tokenizer.tokens, self.n_choices, self.m,
                                       self.A if predict_avail else 0, self.H, p["world_model"]).to(dev, dt)
+        if p["imagination"].get("compile"):
+            self.world_model.compile_decoding(p["imagination"]["compile"])
         in_dim = self.S * self.O + (self.m * self.n_choices if self.obs_cfg["last_action"] else 0) + \
             (self.N if self.obs_cfg["agent_id"] else 0)
         ac = p["actor_critic"]

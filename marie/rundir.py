@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import torch
 import yaml
 
+from marie.config import with_added_keys
 from marie.errors import UserError
 
 _UMASK = os.umask(0)
@@ -97,7 +98,7 @@ class RunDir:
         if not self.config_file.exists():
             return None
         with open(self.config_file) as f:
-            return yaml.safe_load(f)
+            return with_added_keys(yaml.safe_load(f))   # keys added since it was written, at their old behaviour
 
     def check_compatible(self, config: dict) -> None:
         """Refuse to mix two different configurations in one directory."""

@@ -94,9 +94,11 @@ def _teacher_forced_decode(wm, obs_tokens, actions):
     return torch.stack(firsts, 1), torch.stack(rests, 1), torch.stack(rewards, 1)
 
 
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("over", VARIANTS)
-def test_kv_cached_decoding_equals_full_recomputation(over):
-    wm = make_wm(**over).eval()
+def test_kv_cached_decoding_equals_full_recomputation(over, static):
+    """Both caches: the growing one (CPU default) and the static one (fixed shapes, masked; for CUDA graphs)."""
+    wm = make_wm(static_cache=static, **over).eval()
     batch = random_batch()
     with torch.no_grad():
         first, rest, reward = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])
@@ -235,6 +237,38 @@ def test_imagination_shapes_and_masks():
     assert ((traj["discount"] >= 0) & (traj["discount"] <= 1)).all()
     picked = traj["avail"].gather(-1, traj["actions"])
     assert picked.all()
+
+
+def test_static_cache_imagines_the_same_and_compiles_to_one_graph_for_every_position():
+    """world_model.static_cache: the same samples as the growing cache for a fixed seed (float rounding
+    apart); compiled whole (fullgraph), each decoding call is one graph that serves every position and
+    every later imagination of the same size, with no recompilation (what CUDA graphs need)."""
+    import torch._dynamo as dynamo
+    tk = VQTokenizer(O, 32, 3, V, K, 8, 10.0, 0.9).eval()
+    actor = Actor(2 * O, 16, 3, 1, A)
+    start = {"obs": torch.randn(6, N, O), "stack": torch.zeros(6, N, 1, O),
+             "last": torch.full((6, N, 1), -1), "avail": None}
+    cfg = {"stack": 2, "agent_id": False, "last_action": False}
+
+    def run(wm, seed=3):
+        torch.manual_seed(seed)
+        return imagine(tk, wm, actor, start, H, cfg, A)
+    growing, static = run(make_wm().eval()), make_wm(static_cache=True).eval()
+    same = run(static)
+    assert torch.equal(same["actions"], growing["actions"])
+    for key in ("reward", "discount", "recon"):
+        torch.testing.assert_close(same[key], growing[key], rtol=0, atol=1e-5)
+    dynamo.reset()
+    dynamo.utils.counters.clear()
+    static.compile_decoding(backend="eager")        # what dynamo captures; inductor / CUDA graphs lower it
+    with dynamo.config.patch(error_on_recompile=True):
+        compiled = run(static)
+        run(static, seed=4)                           # a new cache: the same graphs
+    assert torch.equal(compiled["actions"], same["actions"])
+    assert dynamo.utils.counters["stats"]["unique_graphs"] == 2   # step and next_token
+    dynamo.reset()
+    with pytest.raises(ValueError, match="static_cache"):
+        make_wm().compile_decoding()
 
 
 def test_imagination_reusing_the_kv_cache_memory_is_exact():

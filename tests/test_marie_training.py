@@ -128,6 +128,8 @@ def test_smoke_run_end_to_end_and_resume_equals_uninterrupted(tmp_path, monkeypa
     ("params.horizon=0", "horizon"),
     ("params.world_model.heads=3", "divisible"),
     ("params.world_model.aggregation=mean", "aggregation"),
+    ("params.imagination.compile=default", "static_cache"),
+    ("params.world_model.static_cache=1", "static_cache"),
 ])
 def test_bad_config_values_are_one_line_errors(tmp_path, override, words):
     with pytest.raises(UserError, match=words):  # prepare (and so --dry-run) refuses it: nothing is built

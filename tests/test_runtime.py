@@ -144,6 +144,28 @@ def test_out_of_another_configuration_is_refused(tmp_path, capsys):
     assert (out / "eval.csv").read_text() == before
 
 
+def test_a_run_written_before_a_behaviour_preserving_key_existed_is_the_same_configuration(tmp_path):
+    """config.ADDED_KEYS: a run directory whose config.yaml lacks a key added later (at the value that
+    reproduces it) still resumes; any other difference is still refused."""
+    import yaml
+    from marie.config import ADDED_KEYS
+    from marie.errors import UserError
+    args = dict(algo="marie", env="smax", map_name="3m", seed=0, steps=400, preset="smoke", out=tmp_path / "r")
+    config, rundir = prepare(**args)
+    rundir.write_config(config)
+    old = yaml.safe_load(rundir.config_file.read_text())
+    for dotted in ADDED_KEYS["marie"]:                 # as a run of the code before these keys wrote it
+        *path, last = dotted.split(".")
+        node = old
+        for k in path:
+            node = node[k]
+        del node[last]
+    rundir.config_file.write_text(yaml.safe_dump(old, sort_keys=False))
+    assert prepare(**args)[0] == config
+    with pytest.raises(UserError, match="different configuration"):
+        prepare(**{**args, "seed": 1})
+
+
 def test_corrupt_checkpoint_is_refused_by_name(tmp_path, capsys):
     out = tmp_path / "r"
     config, rundir = prepare(algo="random", env="smax", map_name="3m", seed=0, steps=400, preset="smoke", out=out)

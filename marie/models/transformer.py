@@ -3,6 +3,11 @@
 The cache is preallocated once per imagination ([layers, B, heads, max_tokens, head_dim] for keys and
 values) and filled in place, so a decoding step never copies or recomputes the context: a step of n
 new tokens costs n tokens of work, whatever the length of the context.
+
+A static cache (`static=True`) keeps every decoding call's shapes fixed, for CUDA graphs and
+`torch.compile`: its position is a device tensor, new keys and values go in with `index_copy_`, and each
+query attends over all `max_tokens` positions with a mask (the unfilled ones are zeros, masked out). It
+reads up to twice the bytes of the growing cache per call, so the CPU default is the growing one.
 """
 from __future__ import annotations
 
@@ -17,19 +22,32 @@ class KVCache:
     `storage`: an earlier cache of at least this batch, shape and dtype whose memory this one reuses."""
 
     def __init__(self, n_layers: int, batch: int, heads: int, max_tokens: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype, storage: "KVCache | None" = None):
+                 device: torch.device, dtype: torch.dtype, storage: "KVCache | None" = None, static: bool = False):
         shape = (n_layers, batch, heads, max_tokens, head_dim)
-        if storage is not None and storage.fits(shape, device, dtype):
+        if storage is not None and storage.fits(shape, device, dtype, static):
             self.k, self.v = storage.k[:, :batch], storage.v[:, :batch]
-        else:
-            self.k = torch.empty(shape, device=device, dtype=dtype)
-            self.v = torch.empty(shape, device=device, dtype=dtype)
+        else:  # a static cache reads its unfilled positions (masked): zeros, never NaN garbage
+            new = torch.zeros if static else torch.empty
+            self.k = new(shape, device=device, dtype=dtype)
+            self.v = new(shape, device=device, dtype=dtype)
         self.max_tokens = max_tokens
-        self.size = 0  # positions filled
+        self.static = static
+        self.size = 0  # positions filled (host bookkeeping of the growing cache)
+        self.pos = torch.zeros((), dtype=torch.long, device=device) if static else None  # the static one's
 
-    def fits(self, shape, device, dtype) -> bool:
+    def fits(self, shape, device, dtype, static: bool = False) -> bool:
         return (self.k.dtype == dtype and self.k.device == torch.device(device) and self.k.shape[1] >= shape[1]
-                and self.k.shape[:1] + self.k.shape[2:] == shape[:1] + shape[2:])
+                and self.k.shape[:1] + self.k.shape[2:] == shape[:1] + shape[2:] and self.static == static)
+
+    def positions(self, n: int) -> torch.Tensor | None:
+        """The static cache's positions of the next n tokens (a device tensor; None for the growing cache)."""
+        return self.pos + torch.arange(n, device=self.pos.device) if self.static else None
+
+    def advance(self, n: int) -> None:
+        if self.static:
+            self.pos += n       # on the device: no host sync, no Python int in a captured graph
+        else:
+            self.size += n
 
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
@@ -51,7 +69,14 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         mask, causal = None, True
-        if cache is not None:
+        if cache is not None and cache.static:
+            at = cache.positions(T)                                             # [T]
+            cache.k[layer].index_copy_(2, at, k)
+            cache.v[layer].index_copy_(2, at, v)
+            k, v = cache.k[layer], cache.v[layer]
+            mask = torch.arange(cache.max_tokens, device=x.device) <= at[:, None]   # [T, max_tokens]
+            causal = False
+        elif cache is not None:
             start = cache.size
             if start + T > cache.max_tokens:
                 raise RuntimeError(f"KV cache overflow: {start}+{T} > {cache.max_tokens}")
@@ -95,14 +120,16 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, attn_dropout, resid_dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
 
-    def new_cache(self, batch: int, max_tokens: int, device, dtype, storage: KVCache | None = None) -> KVCache:
-        return KVCache(self.n_layers, batch, self.heads, max_tokens, self.dim // self.heads, device, dtype, storage)
+    def new_cache(self, batch: int, max_tokens: int, device, dtype, storage: KVCache | None = None,
+                  static: bool = False) -> KVCache:
+        return KVCache(self.n_layers, batch, self.heads, max_tokens, self.dim // self.heads, device, dtype, storage,
+                       static)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:
-            cache.size += x.shape[1]
+            cache.advance(x.shape[1])
         return self.ln_f(x)
 
     def record_attention(self, on: bool) -> None:

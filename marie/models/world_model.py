@@ -44,6 +44,7 @@ class WorldModel(nn.Module):
         self.tps = self.Ko + self.Ka + int(self.aggregate)        # tokens per step
         self.max_tokens = horizon * self.tps + self.Ko - 1
         self.n_avail = n_avail
+        self.static_cache = bool(cfg.get("static_cache", False))   # fixed-shape decoding (CUDA graphs, compile)
         D = cfg["embed_dim"]
         self.obs_vocab = obs_vocab
         self.obs_emb = nn.Embedding(obs_vocab, D)
@@ -159,7 +160,7 @@ class WorldModel(nn.Module):
         if torch.is_autocast_enabled(p.device.type):
             dtype = torch.get_autocast_dtype(p.device.type)
         storage = self.__dict__.get("_reused_cache") if reuse else None
-        cache = self.transformer.new_cache(B * self.S, self.max_tokens, p.device, dtype, storage)
+        cache = self.transformer.new_cache(B * self.S, self.max_tokens, p.device, dtype, storage, self.static_cache)
         if reuse and (storage is None or cache.k.data_ptr() != storage.k.data_ptr()):
             self.__dict__["_reused_cache"] = cache  # not a module attribute: never in state_dict or .to()
         return cache
@@ -169,7 +170,8 @@ class WorldModel(nn.Module):
         self.__dict__.pop("_reused_cache", None)
 
     def _feed(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        pos = self.pos_emb.weight[cache.size: cache.size + x.shape[1]]
+        at = cache.positions(x.shape[1])
+        pos = self.pos_emb(at) if at is not None else self.pos_emb.weight[cache.size: cache.size + x.shape[1]]
         return self.transformer(x + pos, cache)
 
     def start(self, obs_tok: torch.Tensor, cache: KVCache) -> None:
@@ -195,6 +197,16 @@ class WorldModel(nn.Module):
         """Feed one observation token per stream [B*S]; logits of the next one [B*S, V]."""
         h = self._feed(self.obs_emb(tok)[:, None], cache)
         return self.obs_head(h[:, 0])
+
+    def compile_decoding(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """torch.compile imagination's two decoding calls (`step`, `next_token`) as whole graphs. With a
+        static cache their shapes never change, so one graph each serves every position (mode
+        "reduce-overhead": captured as CUDA graphs on a GPU)."""
+        if not self.static_cache:
+            raise ValueError("compile_decoding needs static_cache (fixed shapes)")
+        cls = type(self)
+        self.step = torch.compile(cls.step.__get__(self), mode=mode, backend=backend, fullgraph=True)
+        self.next_token = torch.compile(cls.next_token.__get__(self), mode=mode, backend=backend, fullgraph=True)
 
     def stream_tokens_to_agents(self, toks: torch.Tensor, B: int) -> torch.Tensor:
         """[B*S, Ko] -> [B, N, K]."""
