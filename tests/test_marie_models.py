@@ -126,9 +126,9 @@ def test_cpu_bf16_autocast_keeps_the_world_model_loss_and_its_cached_decoding():
         first32, rest32, reward32 = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss16, _ = wm.loss(batch, WEIGHTS)
-            assert wm.new_cache(2).k.dtype == torch.bfloat16
+            assert wm.new_cache(2).k[0].dtype == torch.bfloat16
             first16, rest16, reward16 = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])
-    assert wm.new_cache(2).k.dtype == torch.float32
+    assert wm.new_cache(2).k[0].dtype == torch.float32
     assert abs(float(loss16) - float(loss32)) < 0.01 * float(loss32)
     for a, b in ((first16, first32), (rest16, rest32), (reward16, reward32)):
         assert (a.float() - b).abs().max() < 0.05 * b.abs().max() + 1e-3
@@ -284,8 +284,9 @@ def test_imagination_reusing_the_kv_cache_memory_is_exact():
 
     def recording(B, reuse=False):
         cache = new_cache(B, reuse)
-        cache.k.fill_(1e4), cache.v.fill_(-1e4)                                # stale garbage everywhere
-        made.append(cache.k.data_ptr())
+        for k, v in zip(cache.k, cache.v):                                     # stale garbage everywhere
+            k.fill_(1e4), v.fill_(-1e4)
+        made.append(cache.k[0].data_ptr())
         return cache
     wm.new_cache = recording
 

@@ -18,26 +18,29 @@ from marie.models.dropout import Dropout, attention, attention_weights
 
 
 class KVCache:
-    """Keys and values of every layer for a batch of B sequences, up to `max_tokens` positions.
+    """Keys and values of every layer for a batch of B sequences, up to `max_tokens` positions: k[layer] and
+    v[layer], each [B, heads, max_tokens, head_dim] on its own memory (a compiled decoding call then writes
+    each one in place instead of copying a tensor of every layer back).
     `storage`: an earlier cache of at least this batch, shape and dtype whose memory this one reuses."""
 
     def __init__(self, n_layers: int, batch: int, heads: int, max_tokens: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype, storage: "KVCache | None" = None, static: bool = False):
-        shape = (n_layers, batch, heads, max_tokens, head_dim)
-        if storage is not None and storage.fits(shape, device, dtype, static):
-            self.k, self.v = storage.k[:, :batch], storage.v[:, :batch]
+        shape = (batch, heads, max_tokens, head_dim)
+        if storage is not None and storage.fits(n_layers, shape, device, dtype, static):
+            self.k, self.v = [k[:batch] for k in storage.k], [v[:batch] for v in storage.v]
         else:  # a static cache reads its unfilled positions (masked): zeros, never NaN garbage
             new = torch.zeros if static else torch.empty
-            self.k = new(shape, device=device, dtype=dtype)
-            self.v = new(shape, device=device, dtype=dtype)
+            self.k = [new(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+            self.v = [new(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.max_tokens = max_tokens
         self.static = static
         self.size = 0  # positions filled (host bookkeeping of the growing cache)
         self.pos = torch.zeros((), dtype=torch.long, device=device) if static else None  # the static one's
 
-    def fits(self, shape, device, dtype, static: bool = False) -> bool:
-        return (self.k.dtype == dtype and self.k.device == torch.device(device) and self.k.shape[1] >= shape[1]
-                and self.k.shape[:1] + self.k.shape[2:] == shape[:1] + shape[2:] and self.static == static)
+    def fits(self, n_layers: int, shape, device, dtype, static: bool = False) -> bool:
+        k = self.k[0]
+        return (len(self.k) == n_layers and k.dtype == dtype and k.device == torch.device(device)
+                and k.shape[0] >= shape[0] and k.shape[1:] == shape[1:] and self.static == static)
 
     def positions(self, n: int) -> torch.Tensor | None:
         """The static cache's positions of the next n tokens (a device tensor; None for the growing cache)."""
@@ -50,7 +53,7 @@ class KVCache:
             self.size += n
 
     def nbytes(self) -> int:
-        return 2 * self.k.numel() * self.k.element_size()
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
 
 class SelfAttention(nn.Module):
@@ -71,8 +74,8 @@ class SelfAttention(nn.Module):
         mask, causal = None, True
         if cache is not None and cache.static:
             at = cache.positions(T)                                             # [T]
-            cache.k[layer].index_copy_(2, at, k)
-            cache.v[layer].index_copy_(2, at, v)
+            cache.k[layer][:, :, at] = k      # compiled: written in place (index_put_ on the layer's buffer)
+            cache.v[layer][:, :, at] = v
             k, v = cache.k[layer], cache.v[layer]
             mask = torch.arange(cache.max_tokens, device=x.device) <= at[:, None]   # [T, max_tokens]
             causal = False
@@ -80,10 +83,10 @@ class SelfAttention(nn.Module):
             start = cache.size
             if start + T > cache.max_tokens:
                 raise RuntimeError(f"KV cache overflow: {start}+{T} > {cache.max_tokens}")
-            cache.k[layer, :, :, start:start + T] = k
-            cache.v[layer, :, :, start:start + T] = v
-            k = cache.k[layer, :, :, :start + T]
-            v = cache.v[layer, :, :, :start + T]
+            cache.k[layer][:, :, start:start + T] = k
+            cache.v[layer][:, :, start:start + T] = v
+            k = cache.k[layer][:, :, :start + T]
+            v = cache.v[layer][:, :, :start + T]
             if T == 1:
                 causal = False  # one new query sees the whole context
             elif start > 0:

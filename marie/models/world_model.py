@@ -161,7 +161,7 @@ class WorldModel(nn.Module):
             dtype = torch.get_autocast_dtype(p.device.type)
         storage = self.__dict__.get("_reused_cache") if reuse else None
         cache = self.transformer.new_cache(B * self.S, self.max_tokens, p.device, dtype, storage, self.static_cache)
-        if reuse and (storage is None or cache.k.data_ptr() != storage.k.data_ptr()):
+        if reuse and (storage is None or cache.k[0].data_ptr() != storage.k[0].data_ptr()):
             self.__dict__["_reused_cache"] = cache  # not a module attribute: never in state_dict or .to()
         return cache
 
