@@ -11,11 +11,19 @@ import numpy as np
 import pandas as pd
 
 
-def _quiet_bootstrap(fn, *args, **kwargs):
-    """arch (under rliable) warns that RandomState is deprecated on every bootstrap; we pass one on purpose."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-        return fn(*args, **kwargs)
+def _quiet_bootstrap(fn, *args, seed: int = 0, **kwargs):
+    """rliable's stratified bootstrap, reproducible: it draws its resamples from NumPy's global generator
+    (`np.random.choice`, whatever `random_state` says), so that generator is seeded for the call and then
+    restored, and a report's CIs are the same at every rebuild. arch (under rliable) also warns that
+    RandomState is deprecated on every bootstrap; we pass one on purpose."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+            return fn(*args, random_state=np.random.RandomState(seed), **kwargs)
+    finally:
+        np.random.set_state(state)
 
 AGGREGATES = ("Mean", "Median", "IQM")
 
@@ -64,8 +72,8 @@ def aggregate_intervals(matrices: dict[str, np.ndarray], reps: int = 2000, confi
     if not matrices:
         return pd.DataFrame(columns=["method", "aggregate", "estimate", "lower", "upper", "runs", "tasks"])
     func = lambda x: np.array([metrics.aggregate_mean(x), metrics.aggregate_median(x), metrics.aggregate_iqm(x)])
-    point, interval = _quiet_bootstrap(rly.get_interval_estimates, matrices, func, reps=reps, confidence_interval_size=confidence,
-                                                 random_state=np.random.RandomState(seed))
+    point, interval = _quiet_bootstrap(rly.get_interval_estimates, matrices, func, reps=reps,
+                                       confidence_interval_size=confidence, seed=seed)
     rows = []
     for m, est in point.items():
         for i, name in enumerate(AGGREGATES):
@@ -87,8 +95,7 @@ def improvement(matrices: dict[str, np.ndarray], reference: str, reps: int = 200
     if not pairs:
         return pd.DataFrame(columns=cols)
     point, interval = _quiet_bootstrap(rly.get_interval_estimates, pairs, metrics.probability_of_improvement, reps=reps,
-                                                 confidence_interval_size=confidence,
-                                                 random_state=np.random.RandomState(seed))
+                                       confidence_interval_size=confidence, seed=seed)
     return pd.DataFrame([{"reference": reference, "baseline": k.split(",", 1)[1], "probability": float(point[k]),
                           "lower": float(np.ravel(interval[k])[0]), "upper": float(np.ravel(interval[k])[1])}
                          for k in pairs], columns=cols)
