@@ -73,8 +73,10 @@ def caption(runs: pd.DataFrame, whose: str = "Ours") -> list[str]:
     per_ep = ("" if s["per_episode"] == s["runs"] else
               f"; {s['runs'] - s['per_episode']} run(s) predate per-episode records (eval_episodes.csv)")
     out.append(f"{whose}: backend `{', '.join(s['backend'])}`; preset {_presets(s['presets'])}; budget run: {budget}; "
-               f"evaluation: {eps} episodes per point{every}, {modes} actions (both modes' win rates are in "
-               f"tidy.csv: win_rate_greedy, win_rate_sampled){per_ep}; {s['runs']} run(s).")
+               f"evaluation: {eps} episodes per point{every}, {modes} actions (both modes' "
+               + ("returns are in tidy.csv: return_mean_greedy, return_mean_sampled" if s["backend"] == ["mamujoco"]
+                  else "win rates are in tidy.csv: win_rate_greedy, win_rate_sampled")
+               + f"){per_ep}; {s['runs']} run(s).")
     return out
 
 

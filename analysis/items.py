@@ -585,7 +585,8 @@ def _model_analysis(item: Item, spec: dict, coll: Collection, out: Path, s: Sett
     if not found:
         item.status = "unavailable"
         why = (f"MARIE's analysis entry point ({ma['module']}) does not exist yet" if not ma["available"] else
-               f"no run has written analysis/{ma['file']} yet (run `snakemake model_analysis`)")
+               f"no run has written analysis/{ma['file']} yet (run `snakemake "
+               f"{'model_analysis' if coll.plan.get('name', 'main') == 'main' else coll.plan['name']}`)")
         item.notes.append(f"NOT AVAILABLE: {why}; this figure needs {ma['file']} in the analysis/ folder of: "
                           f"{', '.join(ma['runs']) or 'the MARIE/MAMBA runs (none planned)'}")
         return item

@@ -152,19 +152,23 @@ REPRODUCTION_DOC = "docs/reproduction.md"
 
 
 def marie_statement(coll: Collection, plan_name: str | None) -> list[str]:
-    """A plain sentence per map: is MARIE's final win rate above every other method's (mean over seeds), and
-    is the gap larger than the seeds' spread? Said before any table, with the scale it holds at."""
+    """A plain sentence per map: is MARIE's final score above every other method's (mean over seeds), and
+    is the gap larger than the seeds' spread? Said before any table, with the scale it holds at. The score
+    is the win rate where the backend has one, else the return (MaMuJoCo)."""
     scores = final_scores(coll)
     scores = scores[scores["variant"] == scores["method"]]  # the methods' plain runs, not ablation variants
     if not len(scores) or "MARIE" not in set(scores["method"]):
         return []
+    value, name, fmt = (("win_rate", "win rate", ".2f") if scores["win_rate"].notna().any() else
+                        ("return_mean", "return", ".1f"))
+    scores = scores.dropna(subset=[value])
     lines = []
     if plan_name == "demo":
         lines.append("**This is the demo: toy scale (a few thousand environment steps, 2 seeds, test-sized presets "
                      "for the baselines), not the paper's setting. Its numbers support no claim about MARIE.** "
                      f"The CPU reproduction (`cpu_smac` tier, {REPRODUCTION_DOC}; committed runs under "
                      "`paper_figures/reproduced/cpu_smac/`) is where the comparison is made.")
-    table = summarize(scores, ["map", "method"])
+    table = summarize(scores, ["map", "method"], value=value)
     verdicts = []
     for map_name, g in table.groupby("map", sort=True):
         g = g.set_index("method")
@@ -174,28 +178,29 @@ def marie_statement(coll: Collection, plan_name: str | None) -> list[str]:
         best = others["mean"].idxmax()
         if m["mean"] > others["mean"].max():
             clear = m["mean"] - m["std"] > others.loc[best, "mean"] + others.loc[best, "std"]
-            verdicts.append(f"{map_name}: MARIE ahead ({m['mean']:.2f} vs {best} {others.loc[best, 'mean']:.2f}"
+            verdicts.append(f"{map_name}: MARIE ahead ({m['mean']:{fmt}} vs {best} {others.loc[best, 'mean']:{fmt}}"
                             f"{'' if clear else ', within the seeds’ spread'})")
         else:
-            verdicts.append(f"{map_name}: MARIE **not** ahead ({m['mean']:.2f}; best {best} "
-                            f"{others.loc[best, 'mean']:.2f})")
+            verdicts.append(f"{map_name}: MARIE **not** ahead ({m['mean']:{fmt}}; best {best} "
+                            f"{others.loc[best, 'mean']:{fmt}})")
     if verdicts:
-        lines.append("At equal environment steps, final win rate (the protocol's mode, mean over seeds): "
+        lines.append(f"At equal environment steps, final {name} (the protocol's mode, mean over seeds): "
                      + "; ".join(verdicts) + ".")
-    earlier = _earlier_verdicts(coll, scores)
+    earlier = _earlier_verdicts(coll, scores, value=value, fmt=fmt)
     if earlier:
-        lines.append("Earlier in the budget (a sample-efficiency method may lead there and not at the end; win rate, "
+        lines.append(f"Earlier in the budget (a sample-efficiency method may lead there and not at the end; {name}, "
                      "mean [95% bootstrap CI] over seeds, each seed interpolated at that step): " + "; ".join(earlier) + ".")
     return lines
 
 
-def _earlier_verdicts(coll: Collection, scores, fractions=(0.25, 0.5), reps: int = 2000) -> list[str]:
+def _earlier_verdicts(coll: Collection, scores, fractions=(0.25, 0.5), reps: int = 2000, value: str = "win_rate",
+                      fmt: str = ".2f") -> list[str]:
     """Per map: at each fraction of the budget, MARIE against the best other method: ahead with their CIs
     apart, ahead within the CIs, ahead with one seed (no CI to compare), or not ahead."""
-    tidy = coll.tidy[coll.tidy["key"].isin(set(scores["key"]))].dropna(subset=["win_rate"])
+    tidy = coll.tidy[coll.tidy["key"].isin(set(scores["key"]))].dropna(subset=[value])
     if not len(tidy):
         return []
-    table = sample_efficiency(tidy, "win_rate", list(fractions), threshold=None, reps=reps, confidence=0.95)
+    table = sample_efficiency(tidy, value, list(fractions), threshold=None, reps=reps, confidence=0.95)
     out = []
     for map_name, g in table.groupby("map", sort=True):
         g = g.set_index("variant")
@@ -207,7 +212,7 @@ def _earlier_verdicts(coll: Collection, scores, fractions=(0.25, 0.5), reps: int
             m, others = g.loc["MARIE"], g.drop(index="MARIE")
             best = others[mean].idxmax()
             b = others.loc[best]
-            ci = lambda r: f"{r[mean]:.2f}" + (f" [{r[lo]:.2f}, {r[hi]:.2f}]" if r["seeds"] > 1 else " (1 seed)")
+            ci = lambda r: f"{r[mean]:{fmt}}" + (f" [{r[lo]:{fmt}}, {r[hi]:{fmt}}]" if r["seeds"] > 1 else " (1 seed)")
             if m[mean] <= b[mean]:
                 word = "MARIE **not** ahead"
             elif min(m["seeds"], b["seeds"]) < 2:
@@ -275,8 +280,9 @@ def build_report(plan: dict, out: str | Path, target: str = "report", settings: 
     page.p(f"Target `{target}`{' (the all_smac pipeline at toy scale)' if demo else ''}. "
            f"{len(coll.runs)} runs planned, {n_complete} complete, "
            f"{len(coll.problems)} problems (missing, unfinished, short or skipped runs, listed at the end). "
-           f"Numbers are from the `{plan.get('backend')}` backend: see `marie maps` for how each map differs "
-           f"from StarCraft II.")
+           + (f"Numbers are from the `{plan.get('backend')}` backend: see `marie maps` for how each map differs "
+              f"from StarCraft II." if set(coll.runs["env"]) != {"mamujoco"} else
+              "Numbers are from MaMuJoCo (gymnasium-robotics `mamujoco_v1`), each task's return."))
     for line in marie_statement(coll, plan.get("name")):
         page.p(line)
     if ref_coll is not None:

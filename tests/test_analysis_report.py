@@ -369,3 +369,17 @@ def test_caption_warns_before_the_setting_and_only_off_the_papers_setting():
     warn, mixed, text = caption(short)
     assert warn.startswith("**Ours: not the paper's setting**") and "3m 50k/100k of the paper's 100k" in warn
     assert "different evaluation protocols" in mixed and "greedy and sampled" in mixed
+
+
+def test_the_marie_statement_reads_the_return_where_there_is_no_win_rate():
+    """MaMuJoCo has no win rate: the sentence before every table compares final returns instead."""
+    from types import SimpleNamespace
+    from analysis.report import marie_statement
+    rows = [("MARIE", 0, -5.0), ("MARIE", 1, -7.0), ("MAPPO", 0, 900.0), ("MAPPO", 1, 1000.0)]
+    runs = pd.DataFrame([{"key": f"{m}{s}", "complete": True, "difficulty": "", "label": m} for m, s, _ in rows])
+    tidy = pd.DataFrame([{"key": f"{m}{s}", "env": "mamujoco", "map": "HalfCheetah-2x3", "method": m, "variant": m,
+                          "seed": s, "budget": 100, "env_steps": x, "win_rate": np.nan,
+                          "return_mean": r if x else 0.0, "wall_s": 1.0} for m, s, r in rows for x in (0, 100)])
+    lines = marie_statement(SimpleNamespace(runs=runs, tidy=tidy), "cpu_mamujoco")
+    assert "final return" in lines[0] and "MARIE **not** ahead (-6.0; best MAPPO 950.0)" in lines[0]
+    assert lines[1].startswith("Earlier in the budget") and "return" in lines[1]
