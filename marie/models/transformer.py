@@ -1,11 +1,12 @@
 """GPT-2-style causal Transformer (pre-norm blocks, PyTorch SDPA attention) with a key/value cache.
 
-The cache is preallocated once per imagination ([layers, B, heads, max_tokens, head_dim] for keys and
-values) and filled in place, so a decoding step never copies or recomputes the context: a step of n
+The cache is preallocated once per imagination ([B, heads, max_tokens, head_dim] of keys and of values per
+layer) and filled in place, so a decoding step never copies or recomputes the context: a step of n
 new tokens costs n tokens of work, whatever the length of the context.
 
 A static cache (`static=True`) keeps every decoding call's shapes fixed, for CUDA graphs and
-`torch.compile`: its position is a device tensor, new keys and values go in with `index_copy_`, and each
+`torch.compile`: its position is a device tensor, new keys and values go in with an in-place `index_put_`
+at that position, and each
 query attends over all `max_tokens` positions with a mask (the unfilled ones are zeros, masked out). It
 reads up to twice the bytes of the growing cache per call, so the CPU default is the growing one.
 """
