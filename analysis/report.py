@@ -38,7 +38,7 @@ def provenance(coll: Collection) -> list[tuple[str, str]]:
     count = lambda values: ", ".join(f"{v} ({n} runs)" if len(c) > 1 else f"{v}"
                                      for c in [Counter(values)] for v, n in c.most_common())
     rows = [("plan", f"{coll.plan.get('name')} (config digest {coll.plan.get('config_digest', '-')})"),
-            ("backend", str(coll.plan.get("backend", ""))),
+            ("backend", ", ".join(sorted({str(e) for e in coll.runs["env"]})) or str(coll.plan.get("backend", ""))),
             ("report built", datetime.now(timezone.utc).isoformat(timespec="seconds") + f" at commit {_git_commit()}")]
     if metas:
         rows += [("suite commit of the runs", count([str(m.get("suite_commit", "?"))[:12] for m in metas])),
