@@ -32,7 +32,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 # Keys added to an algorithm's defaults after runs of it existed, each with the value that reproduces those
 # runs exactly: a run directory whose config.yaml predates a key holds the same configuration with that
 # value (it resumes, and compares equal to a new run's). A key whose default changes behaviour never goes here.
-ADDED_KEYS = {"marie": {"params.world_model.static_cache": False, "params.imagination.compile": None}}
+ADDED_KEYS = {"marie": {"params.world_model.static_cache": False, "params.imagination.compile": None,
+                        "params.world_model.cpu_decode_kernel": False}}
 
 
 def with_added_keys(config: dict) -> dict:

@@ -94,11 +94,15 @@ def _teacher_forced_decode(wm, obs_tokens, actions):
     return torch.stack(firsts, 1), torch.stack(rests, 1), torch.stack(rewards, 1)
 
 
-@pytest.mark.parametrize("static", [False, True])
+CACHES = {"growing": {}, "static": {"static_cache": True}, "kernel": {"cpu_decode_kernel": True}}
+
+
+@pytest.mark.parametrize("cache", CACHES)
 @pytest.mark.parametrize("over", VARIANTS)
-def test_kv_cached_decoding_equals_full_recomputation(over, static):
-    """Both caches: the growing one (CPU default) and the static one (fixed shapes, masked; for CUDA graphs)."""
-    wm = make_wm(static_cache=static, **over).eval()
+def test_kv_cached_decoding_equals_full_recomputation(over, cache):
+    """Every cache: the growing one, the static one (fixed shapes, masked; for CUDA graphs) and the growing one
+    whose single-token calls attend in the CPU kernel (the CPU default)."""
+    wm = make_wm(**CACHES[cache], **over).eval()
     batch = random_batch()
     with torch.no_grad():
         first, rest, reward = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from marie.models import decode_attention
 from marie.models.dropout import Dropout, attention, attention_weights
 
 
@@ -22,10 +23,12 @@ class KVCache:
     """Keys and values of every layer for a batch of B sequences, up to `max_tokens` positions: k[layer] and
     v[layer], each [B, heads, max_tokens, head_dim] on its own memory (a compiled decoding call then writes
     each one in place instead of copying a tensor of every layer back).
-    `storage`: an earlier cache of at least this batch, shape and dtype whose memory this one reuses."""
+    `storage`: an earlier cache of at least this batch, shape and dtype whose memory this one reuses.
+    `kernel`: single-token calls attend with the CPU kernel of `decode_attention` (growing cache only)."""
 
     def __init__(self, n_layers: int, batch: int, heads: int, max_tokens: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype, storage: "KVCache | None" = None, static: bool = False):
+                 device: torch.device, dtype: torch.dtype, storage: "KVCache | None" = None, static: bool = False,
+                 kernel: bool = False):
         shape = (batch, heads, max_tokens, head_dim)
         if storage is not None and storage.fits(n_layers, shape, device, dtype, static):
             self.k, self.v = [k[:batch] for k in storage.k], [v[:batch] for v in storage.v]
@@ -35,6 +38,7 @@ class KVCache:
             self.v = [new(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.max_tokens = max_tokens
         self.static = static
+        self.kernel = kernel and not static
         self.size = 0  # positions filled (host bookkeeping of the growing cache)
         self.pos = torch.zeros((), dtype=torch.long, device=device) if static else None  # the static one's
 
@@ -88,6 +92,9 @@ class SelfAttention(nn.Module):
             cache.v[layer][:, :, start:start + T] = v
             k = cache.k[layer][:, :, :start + T]
             v = cache.v[layer][:, :, :start + T]
+            if T == 1 and cache.kernel and not self.record and decode_attention.applies(q, cache.k[layer]):
+                y = decode_attention.decode_attention(q, cache.k[layer], cache.v[layer], start + 1)
+                return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
             if T == 1:
                 causal = False  # one new query sees the whole context
             elif start > 0:
@@ -125,9 +132,9 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(dim)
 
     def new_cache(self, batch: int, max_tokens: int, device, dtype, storage: KVCache | None = None,
-                  static: bool = False) -> KVCache:
+                  static: bool = False, kernel: bool = False) -> KVCache:
         return KVCache(self.n_layers, batch, self.heads, max_tokens, self.dim // self.heads, device, dtype, storage,
-                       static)
+                       static, kernel)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):

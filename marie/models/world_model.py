@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from marie.models import decode_attention
 from marie.models.dropout import Dropout
 from marie.models.perceiver import Perceiver
 from marie.models.transformer import KVCache, Transformer, init_gpt_weights
@@ -45,6 +46,7 @@ class WorldModel(nn.Module):
         self.max_tokens = horizon * self.tps + self.Ko - 1
         self.n_avail = n_avail
         self.static_cache = bool(cfg.get("static_cache", False))   # fixed-shape decoding (CUDA graphs, compile)
+        self.cpu_decode_kernel = bool(cfg.get("cpu_decode_kernel", False))  # single-token calls: the C++ kernel
         D = cfg["embed_dim"]
         self.obs_vocab = obs_vocab
         self.obs_emb = nn.Embedding(obs_vocab, D)
@@ -160,7 +162,10 @@ class WorldModel(nn.Module):
         if torch.is_autocast_enabled(p.device.type):
             dtype = torch.get_autocast_dtype(p.device.type)
         storage = self.__dict__.get("_reused_cache") if reuse else None
-        cache = self.transformer.new_cache(B * self.S, self.max_tokens, p.device, dtype, storage, self.static_cache)
+        kernel = (self.cpu_decode_kernel and p.device.type == "cpu" and dtype == torch.float32
+                  and not self.static_cache and decode_attention.available())   # built here, before decoding
+        cache = self.transformer.new_cache(B * self.S, self.max_tokens, p.device, dtype, storage, self.static_cache,
+                                           kernel)
         if reuse and (storage is None or cache.k[0].data_ptr() != storage.k[0].data_ptr()):
             self.__dict__["_reused_cache"] = cache  # not a module attribute: never in state_dict or .to()
         return cache

@@ -1,0 +1,76 @@
+"""The CPU decoding-attention kernel (marie/models/decode_attention.py): the same attention as PyTorch's up to
+float rounding, the same imagination for a fixed seed, and a clean fallback where it cannot be built."""
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from marie.imagination import imagine
+from marie.models import decode_attention
+from marie.models.actor_critic import Actor
+from marie.models.tokenizer import VQTokenizer
+from test_marie_models import A, H, K, N, O, V, make_wm
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                 reason="no C++ compiler: the kernel cannot be built here")]
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 24])
+@pytest.mark.parametrize("size", [1, 7, 40])
+def test_kernel_equals_pytorch_attention_over_the_filled_positions(head_dim, size):
+    assert decode_attention.available()
+    g = torch.Generator().manual_seed(head_dim + size)
+    B, heads, max_tokens = 5, 3, 40
+    k = torch.randn(B, heads, max_tokens, head_dim, generator=g)
+    v = torch.randn(B, heads, max_tokens, head_dim, generator=g)
+    k[:, :, size:] = float("nan")            # never read: positions past `size` are not filled yet
+    v[:, :, size:] = float("nan")
+    qkv = torch.randn(B, 1, 3, heads, head_dim, generator=g).permute(2, 0, 3, 1, 4)   # the model's strided q
+    q = qkv[0]
+    with torch.no_grad():
+        assert decode_attention.applies(q, k)
+        out = decode_attention.decode_attention(q, k, v, size)
+    ref = F.scaled_dot_product_attention(q, k[:, :, :size], v[:, :, :size])
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert out.transpose(1, 2).is_contiguous()   # the caller's [B, 1, heads * d] view needs no copy
+
+
+def test_kernel_serves_only_gradient_free_float32_single_queries():
+    q, k = torch.randn(2, 2, 1, 8), torch.randn(2, 2, 5, 8)
+    with torch.no_grad():
+        assert decode_attention.applies(q, k)
+        assert not decode_attention.applies(torch.randn(2, 2, 3, 8), k)             # several queries
+        assert not decode_attention.applies(q.double(), k.double())
+        assert not decode_attention.applies(q, k.transpose(2, 3).contiguous().transpose(2, 3))
+    assert not decode_attention.applies(q, k)                                         # gradients wanted
+
+
+def _imagine(wm, seed=3):
+    torch.manual_seed(0)
+    tk = VQTokenizer(O, 32, 3, V, K, 8, 10.0, 0.9).eval()
+    actor = Actor(2 * O, 16, 3, 1, A)
+    start = {"obs": torch.randn(6, N, O), "stack": torch.zeros(6, N, 1, O),
+             "last": torch.full((6, N, 1), -1), "avail": None}
+    torch.manual_seed(seed)
+    return imagine(tk, wm, actor, start, H, {"stack": 2, "agent_id": False, "last_action": False}, A,
+                   record_tokens=True)
+
+
+def test_imagination_with_the_kernel_samples_what_pytorch_attention_samples():
+    with_kernel, without = make_wm(cpu_decode_kernel=True).eval(), make_wm().eval()
+    assert with_kernel.new_cache(2).kernel and not without.new_cache(2).kernel
+    a, b = _imagine(with_kernel), _imagine(without)
+    assert torch.equal(a["actions"], b["actions"]) and torch.equal(a["tokens"], b["tokens"])
+    for key in ("reward", "discount", "recon"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+
+
+def test_without_a_build_decoding_falls_back_to_pytorch_attention(monkeypatch):
+    monkeypatch.setattr(decode_attention, "_module", None)
+    monkeypatch.setattr(decode_attention, "_failed", True)
+    wm = make_wm(cpu_decode_kernel=True).eval()
+    assert not wm.new_cache(2).kernel
+    assert _imagine(wm)["actions"].shape[:3] == (H, 6, N)
