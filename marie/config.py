@@ -30,8 +30,10 @@ from marie.errors import UserError
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 # Keys added to an algorithm's defaults after runs of it existed, each with the value that reproduces those
-# runs exactly: a run directory whose config.yaml predates a key holds the same configuration with that
-# value (it resumes, and compares equal to a new run's). A key whose default changes behaviour never goes here.
+# runs exactly: a run directory whose config.yaml (or checkpoint) predates a key holds the same configuration
+# with that value. It resumes, and compares equal to a new run's, where today's default is that value; where
+# the default is new (cpu_decode_kernel: float rounding only), it resumes with `--set KEY=VALUE`, which the
+# refusal names (rundir.RunDir.check_compatible).
 ADDED_KEYS = {"marie": {"params.world_model.static_cache": False, "params.imagination.compile": None,
                         "params.world_model.cpu_decode_kernel": False}}
 

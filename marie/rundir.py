@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 import yaml
 
-from marie.config import with_added_keys
+from marie.config import ADDED_KEYS, with_added_keys
 from marie.errors import UserError
 
 _UMASK = os.umask(0)
@@ -105,6 +105,10 @@ class RunDir:
         old = self.existing_config()
         if old is not None and old != config:
             diff = sorted(_diff_keys(old, config))
+            if all(key in ADDED_KEYS.get(config.get("algo"), {}) for key in diff):  # keys with a new default only
+                sets = " ".join(f"--set {key}={json.dumps(_get(old, key))}" for key in diff)
+                raise UserError(f"{self.path} holds a run from before the default of {', '.join(diff)} changed; "
+                                f"resume it with {sets}, or choose another --out")
             raise UserError(f"{self.path} holds a run of a different configuration (differs in: "
                             f"{', '.join(diff[:6])}); choose another --out or delete that directory")
 
@@ -197,6 +201,12 @@ class RunDir:
             raise UserError(f"{self.checkpoint_dir}: no readable checkpoint ({'; '.join(problems)}); "
                             f"delete {self.checkpoint_dir} to start the run afresh")
         return None
+
+
+def _get(config: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        config = config[key]
+    return config
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> set[str]:

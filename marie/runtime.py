@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from marie.algorithm import Algorithm, algorithm_class
-from marie.config import resolve_config
+from marie.config import resolve_config, with_added_keys
 from marie.envs import TimeStep, check_backend, make_env, resolve_reward_scale
 from marie.errors import UserError
 from marie.rundir import RunDir
@@ -248,7 +248,8 @@ class Runner:
         })
 
     def _restore(self, ck: dict) -> None:
-        same = ck.get("config") == self.config or _extends(ck.get("config") or {}, self.config)
+        written = with_added_keys(ck.get("config") or {})   # keys added since it was written, at their old value
+        same = written == self.config or _extends(written, self.config)
         if ck.get("version") != CHECKPOINT_VERSION or not same:
             raise UserError(f"checkpoint {self.rundir.checkpoint_file} belongs to another configuration or version; "
                             f"delete it to start afresh")

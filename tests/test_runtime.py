@@ -161,9 +161,41 @@ def test_a_run_written_before_a_behaviour_preserving_key_existed_is_the_same_con
             node = node[k]
         del node[last]
     rundir.config_file.write_text(yaml.safe_dump(old, sort_keys=False))
-    assert prepare(**args)[0] == config
+    with pytest.raises(UserError, match="cpu_decode_kernel=false") as refusal:   # a default that changed: named
+        prepare(**args)
+    assert "--set params.world_model.cpu_decode_kernel=false" in str(refusal.value)
+    config, _ = prepare(**args, overrides=["params.world_model.cpu_decode_kernel=false"])
+    assert prepare(**args, overrides=["params.world_model.cpu_decode_kernel=false"])[0] == config
     with pytest.raises(UserError, match="different configuration"):
-        prepare(**{**args, "seed": 1})
+        prepare(**{**args, "seed": 1}, overrides=["params.world_model.cpu_decode_kernel=false"])
+
+
+def test_a_checkpoint_written_before_a_behaviour_preserving_key_existed_resumes(tmp_path):
+    """The checkpoint holds its configuration too: one written before ADDED_KEYS existed resumes (here, a MARIE
+    run extended from 300 to 400 steps), as its config.yaml does."""
+    import torch
+    import yaml
+    from marie.config import ADDED_KEYS
+    out = tmp_path / "r"
+    args = ["--algo", "marie", "--map", "3m", *SMOKE, "--out", str(out), "--set", "run.eval_every=300",
+            "--set", "params.world_model.cpu_decode_kernel=false"]
+    assert run_cli(*args, "--steps", "300") == 0
+
+    def strip(config):                                   # as the code before these keys wrote it
+        for dotted in ADDED_KEYS["marie"]:
+            *path, last = dotted.split(".")
+            node = config
+            for k in path:
+                node = node[k]
+            del node[last]
+        return config
+    (out / "config.yaml").write_text(yaml.safe_dump(strip(yaml.safe_load((out / "config.yaml").read_text())),
+                                                    sort_keys=False))
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=False)
+    state["config"] = strip(state["config"])
+    torch.save(state, out / "checkpoint" / "state.pt")
+    assert run_cli(*args, "--steps", "400") == 0
+    assert json.loads((out / "meta.json").read_text())["env_steps"] >= 400
 
 
 def test_corrupt_checkpoint_is_refused_by_name(tmp_path, capsys):
