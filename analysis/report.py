@@ -22,12 +22,15 @@ from analysis.load import Collection, collect, plan_from_scan
 from analysis.tables import final_scores, summarize
 
 
-def _git_commit() -> str:
+def _git_commit(root: Path = Path(__file__).resolve().parents[1]) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+                             cwd=root)
+        # the code that built the report; the committed reproductions' data (which `collect` rewrites just before
+        # it builds their report) are its inputs and outputs, not its code
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)paper_figures/reproduced"], capture_output=True, text=True, timeout=5,
+                               cwd=root).stdout.strip()
         return (out.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty else "")
     except Exception:
         return "unknown"

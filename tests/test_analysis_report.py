@@ -383,3 +383,26 @@ def test_the_marie_statement_reads_the_return_where_there_is_no_win_rate():
     lines = marie_statement(SimpleNamespace(runs=runs, tidy=tidy), "cpu_mamujoco")
     assert "final return" in lines[0] and "MARIE **not** ahead (-6.0; best MAPPO 950.0)" in lines[0]
     assert lines[1].startswith("Earlier in the budget") and "return" in lines[1]
+
+
+def test_report_provenance_calls_only_code_changes_uncommitted(tmp_path):
+    """The committed reproductions' data, which `collect` rewrites just before it builds their report, do not make
+    the report's code "with uncommitted changes"; a changed code file does."""
+    import subprocess
+    from analysis.report import _git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    data = tmp_path / "paper_figures" / "reproduced" / "tier" / "README.md"
+    data.parent.mkdir(parents=True)
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "report.py").write_text("code\n")
+    data.write_text("runs: 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    data.write_text("runs: 2\n")
+    assert "uncommitted" not in _git_commit(tmp_path)
+    (tmp_path / "analysis" / "report.py").write_text("changed code\n")
+    assert _git_commit(tmp_path).endswith("(with uncommitted changes)")

@@ -18,31 +18,38 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
 
 
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 24])
-@pytest.mark.parametrize("size", [1, 7, 40])
-def test_kernel_equals_pytorch_attention_over_the_filled_positions(head_dim, size):
+@pytest.mark.parametrize("start,new", [(0, 1), (6, 1), (39, 1), (0, 3), (12, 3), (30, 8)])
+def test_kernel_writes_the_cache_and_equals_pytorch_causal_attention(head_dim, start, new):
     assert decode_attention.available()
-    g = torch.Generator().manual_seed(head_dim + size)
-    B, heads, max_tokens = 5, 3, 40
+    g = torch.Generator().manual_seed(head_dim + start + new)
+    B, heads, max_tokens = 5, 3, 40 if start + new <= 40 else 48
     k = torch.randn(B, heads, max_tokens, head_dim, generator=g)
     v = torch.randn(B, heads, max_tokens, head_dim, generator=g)
-    k[:, :, size:] = float("nan")            # never read: positions past `size` are not filled yet
-    v[:, :, size:] = float("nan")
-    qkv = torch.randn(B, 1, 3, heads, head_dim, generator=g).permute(2, 0, 3, 1, 4)   # the model's strided q
-    q = qkv[0]
+    k[:, :, start:] = float("nan")           # never read before written: positions from `start` are not filled yet
+    v[:, :, start:] = float("nan")
+    qkv = torch.randn(B, new, 3, heads, head_dim, generator=g).permute(2, 0, 3, 1, 4)   # the model's strided views
+    q, k_new, v_new = qkv.unbind(0)
+    k_ref, v_ref = k.clone(), v.clone()
+    k_ref[:, :, start:start + new], v_ref[:, :, start:start + new] = k_new, v_new
+    mask = torch.ones(new, start + new, dtype=torch.bool).tril(diagonal=start)
+    ref = F.scaled_dot_product_attention(q, k_ref[:, :, :start + new], v_ref[:, :, :start + new], attn_mask=mask)
     with torch.no_grad():
         assert decode_attention.applies(q, k)
-        out = decode_attention.decode_attention(q, k, v, size)
-    ref = F.scaled_dot_product_attention(q, k[:, :, :size], v[:, :, :size])
+        out = decode_attention.decode_attention(q, k_new, v_new, k, v, start)
     assert out.shape == ref.shape
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
-    assert out.transpose(1, 2).is_contiguous()   # the caller's [B, 1, heads * d] view needs no copy
+    assert torch.equal(k[:, :, :start + new], k_ref[:, :, :start + new])   # the new keys and values written
+    assert torch.equal(v[:, :, :start + new], v_ref[:, :, :start + new])
+    assert k[:, :, start + new:].isnan().all()                              # and nothing past them
+    assert out.transpose(1, 2).is_contiguous()   # the caller's [B, T, heads * d] view needs no copy
 
 
-def test_kernel_serves_only_gradient_free_float32_single_queries():
+def test_kernel_serves_only_gradient_free_float32_calls_of_few_tokens():
     q, k = torch.randn(2, 2, 1, 8), torch.randn(2, 2, 5, 8)
     with torch.no_grad():
         assert decode_attention.applies(q, k)
-        assert not decode_attention.applies(torch.randn(2, 2, 3, 8), k)             # several queries
+        assert decode_attention.applies(torch.randn(2, 2, decode_attention.MAX_QUERIES, 8), k)
+        assert not decode_attention.applies(torch.randn(2, 2, decode_attention.MAX_QUERIES + 1, 8), k)
         assert not decode_attention.applies(q.double(), k.double())
         assert not decode_attention.applies(q, k.transpose(2, 3).contiguous().transpose(2, 3))
     assert not decode_attention.applies(q, k)                                         # gradients wanted

@@ -1,10 +1,11 @@
-"""Single-query attention over the KV cache on CPUs, in a small C++ kernel (`csrc/decode_attention.cpp`).
+"""Decoding attention over the KV cache on CPUs, in a small C++ kernel (`csrc/decode_attention.cpp`).
 
-Imagination decodes one token per stream per call, and each call reads the whole cache while doing almost
-no arithmetic per byte: its speed is the memory bandwidth of the core. PyTorch's fused CPU attention reads the
-cache at about 70 % of a streaming read on the machines of this project; the kernel reads it at the streaming
-rate (docs/marie.md, "Measured"). The sums are the same up to their order (float rounding), which
-`tests/test_decode_attention.py` checks against `scaled_dot_product_attention`.
+Imagination decodes one to three tokens per stream per call, and each call reads the whole cache while doing
+almost no arithmetic per byte: its speed is the memory bandwidth of the core. PyTorch's CPU attention reads the
+cache below a streaming read on the machines of this project, and writing the new keys and values into the cache
+is one more pass of scattered row writes; the kernel writes them and reads each stream's keys and values once,
+at about the streaming rate (docs/marie.md, "Measured"). The sums are the same up to their order (float
+rounding), which `tests/test_decode_attention.py` checks against `scaled_dot_product_attention`.
 
 The kernel is compiled on first use (about 30 s, then cached by PyTorch under ~/.cache/torch_extensions; one
 build serves every x86-64 CPU through the compiler's function multiversioning). Where it cannot be built (no
@@ -42,13 +43,19 @@ def available() -> bool:
     return _load() is not None
 
 
-def applies(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """The calls the kernel serves: one float32 query per stream on a CPU, over a contiguous cache."""
-    return (q.device.type == "cpu" and q.shape[-2] == 1 and q.dtype == torch.float32 and k.dtype == torch.float32
-            and k.is_contiguous() and q.stride(-1) == 1 and not torch.is_grad_enabled())
+MAX_QUERIES = 8   # new tokens per call the kernel serves (csrc: MAX_QUERIES); longer calls use PyTorch's attention
 
 
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, size: int) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v of one query per stream over the first `size` positions of the cache.
-    q [B, heads, 1, d]; k_cache, v_cache: a layer's whole [B, heads, max_tokens, d] buffers; -> [B, heads, 1, d]."""
-    return _load().decode_attention(q, k_cache, v_cache, size)
+def applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """The calls the kernel serves: up to MAX_QUERIES float32 queries per stream on a CPU, over a contiguous cache,
+    without gradients."""
+    return (q.device.type == "cpu" and q.shape[-2] <= MAX_QUERIES and q.dtype == torch.float32
+            and k_cache.dtype == torch.float32 and k_cache.is_contiguous() and q.stride(-1) == 1
+            and not torch.is_grad_enabled())
+
+
+def decode_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, start: int) -> torch.Tensor:
+    """Write the T new keys and values [B, heads, T, d] at positions start.. of a layer's cache buffers
+    [B, heads, max_tokens, d], then attend: query t over positions 0..start+t. q [B, heads, T, d] -> [B, heads, T, d]."""
+    return _load().decode_attention(q, k_new, v_new, k_cache, v_cache, start)

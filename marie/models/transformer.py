@@ -24,7 +24,8 @@ class KVCache:
     v[layer], each [B, heads, max_tokens, head_dim] on its own memory (a compiled decoding call then writes
     each one in place instead of copying a tensor of every layer back).
     `storage`: an earlier cache of at least this batch, shape and dtype whose memory this one reuses.
-    `kernel`: single-token calls attend with the CPU kernel of `decode_attention` (growing cache only)."""
+    `kernel`: calls of up to decode_attention.MAX_QUERIES tokens write and attend in the CPU kernel of
+    `decode_attention` (growing cache only)."""
 
     def __init__(self, n_layers: int, batch: int, heads: int, max_tokens: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype, storage: "KVCache | None" = None, static: bool = False,
@@ -88,13 +89,14 @@ class SelfAttention(nn.Module):
             start = cache.size
             if start + T > cache.max_tokens:
                 raise RuntimeError(f"KV cache overflow: {start}+{T} > {cache.max_tokens}")
+            if cache.kernel and not self.record and decode_attention.applies(q, cache.k[layer]):
+                # writes k and v into the cache itself, then attends causally (CPU, no gradients)
+                y = decode_attention.decode_attention(q, k, v, cache.k[layer], cache.v[layer], start)
+                return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
             cache.k[layer][:, :, start:start + T] = k
             cache.v[layer][:, :, start:start + T] = v
             k = cache.k[layer][:, :, :start + T]
             v = cache.v[layer][:, :, :start + T]
-            if T == 1 and cache.kernel and not self.record and decode_attention.applies(q, cache.k[layer]):
-                y = decode_attention.decode_attention(q, cache.k[layer], cache.v[layer], start + 1)
-                return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
             if T == 1:
                 causal = False  # one new query sees the whole context
             elif start > 0:

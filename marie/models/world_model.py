@@ -46,7 +46,7 @@ class WorldModel(nn.Module):
         self.max_tokens = horizon * self.tps + self.Ko - 1
         self.n_avail = n_avail
         self.static_cache = bool(cfg.get("static_cache", False))   # fixed-shape decoding (CUDA graphs, compile)
-        self.cpu_decode_kernel = bool(cfg.get("cpu_decode_kernel", False))  # single-token calls: the C++ kernel
+        self.cpu_decode_kernel = bool(cfg.get("cpu_decode_kernel", False))  # decoding calls: the C++ kernel
         D = cfg["embed_dim"]
         self.obs_vocab = obs_vocab
         self.obs_emb = nn.Embedding(obs_vocab, D)

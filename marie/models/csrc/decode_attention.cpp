@@ -1,14 +1,17 @@
-// Single-query attention over a key/value cache, for CPUs: out = softmax(q k^T / sqrt(d)) v for one new token
-// of each of B*heads streams, over the first `size` positions of a [B, heads, max_tokens, head_dim] cache.
+// Decoding attention over a key/value cache, for CPUs. For each of B*heads streams: write the T new keys and values
+// at positions start .. start+T-1 of the stream's [max_tokens, head_dim] cache rows, then
+//     out_t = softmax(q_t k^T / sqrt(d)) v   over positions 0 .. start+t   (causal among the new tokens).
 //
 // Why a kernel: a decoding call reads the whole cache and does almost no arithmetic per byte, so its speed is the
-// memory bandwidth one core reaches. PyTorch's fused CPU attention is built for many queries and reaches about
-// 70 % of a streaming read here; this loop reads every stream's keys and then its values front to back and asks
-// for the next rows before it needs them (software prefetch), which brings it to the streaming rate.
+// memory bandwidth one core reaches. PyTorch's CPU attention is built for many queries and reads the cache below
+// the streaming rate, and writing the new keys and values into the cache beforehand is one more pass of
+// scattered row writes. Here each stream's new rows are written, then its keys and its values are read front to
+// back once for all T queries, with the next rows requested before they are needed (software prefetch).
 // Exact up to float rounding: the same sums in another order.
 #include <torch/extension.h>
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #if defined(__GNUC__)
@@ -24,63 +27,96 @@
 #define MULTIVERSION
 #endif
 
-static constexpr int64_t AHEAD_FLOATS = 1024;  // prefetch 4 KB ahead of the row being read (measured: 1-2 KB is slower)
+static constexpr int64_t MAX_QUERIES = 8;      // new tokens per call the kernel serves (decode_attention.py)
+static constexpr int64_t AHEAD_FLOATS = 1024;  // prefetch 4 KB ahead of the row being read (1-2 KB measured slower)
 
+// One stream: k, v its cache rows (new ones already written), q [T][d] its queries, out [T][d], p [T][size] scratch.
 MULTIVERSION
-static void attend(const float* q, const float* k, const float* v, float* out, const float* next_k,
-                   int64_t size, int64_t d, float scale, float* p) {
+static void attend(const float* q, const float* k, const float* v, float* out, const float* next_k, int64_t start,
+                   int64_t T, int64_t d, float scale, float* p) {
+  const int64_t size = start + T;
   const int64_t rows_ahead = AHEAD_FLOATS / d > 4 ? AHEAD_FLOATS / d : 4, ahead = rows_ahead * d;
-  float top = -INFINITY;
-  for (int64_t s = 0; s < size; ++s) {                 // scores: one row of keys each
+  float top[MAX_QUERIES], total[MAX_QUERIES];
+  for (int64_t t = 0; t < T; ++t) top[t] = -INFINITY, total[t] = 0.f;
+  for (int64_t s = 0; s < size; ++s) {                 // scores: each row of keys once, for every query that sees it
     const float* row = k + s * d;
     const float* pf = s + rows_ahead < size ? row + ahead : v + (s + rows_ahead - size) * d;   // then the values
     for (int64_t j = 0; j < d; j += 16) PREFETCH(pf + j);
-    float dot = 0.f;
+    for (int64_t t = s > start ? s - start : 0; t < T; ++t) {
+      const float* qt = q + t * d;
+      float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < d; ++j) dot += q[j] * row[j];
-    p[s] = dot * scale;
-    top = p[s] > top ? p[s] : top;
+      for (int64_t j = 0; j < d; ++j) dot += qt[j] * row[j];
+      const float x = dot * scale;
+      p[t * size + s] = x;
+      top[t] = x > top[t] ? x : top[t];
+    }
   }
-  float total = 0.f;
-  for (int64_t s = 0; s < size; ++s) {
-    p[s] = std::exp(p[s] - top);
-    total += p[s];
+  for (int64_t t = 0; t < T; ++t) {
+    float* pt = p + t * size;
+    for (int64_t s = 0; s <= start + t; ++s) {
+      pt[s] = std::exp(pt[s] - top[t]);
+      total[t] += pt[s];
+    }
   }
-  for (int64_t j = 0; j < d; ++j) out[j] = 0.f;
-  for (int64_t s = 0; s < size; ++s) {                 // weighted sum of the value rows
+  std::memset(out, 0, sizeof(float) * T * d);
+  for (int64_t s = 0; s < size; ++s) {                 // weighted sums: each row of values once
     const float* row = v + s * d;
-    const float* pf = s + rows_ahead < size ? row + ahead : next_k + (s + rows_ahead - size) * d;  // then the next stream
+    const float* pf = s + rows_ahead < size ? row + ahead : next_k + (s + rows_ahead - size) * d;  // next stream
     for (int64_t j = 0; j < d; j += 16) PREFETCH(pf + j);
-    const float w = p[s];
+    for (int64_t t = s > start ? s - start : 0; t < T; ++t) {
+      const float w = p[t * size + s];
+      float* ot = out + t * d;
 #pragma omp simd
-    for (int64_t j = 0; j < d; ++j) out[j] += w * row[j];
+      for (int64_t j = 0; j < d; ++j) ot[j] += w * row[j];
+    }
   }
-  const float inv = 1.f / total;
+  for (int64_t t = 0; t < T; ++t) {
+    const float inv = 1.f / total[t];
+    float* ot = out + t * d;
 #pragma omp simd
-  for (int64_t j = 0; j < d; ++j) out[j] *= inv;
+    for (int64_t j = 0; j < d; ++j) ot[j] *= inv;
+  }
 }
 
-// q: [B, heads, 1, d] (any strides, last one 1); k, v: contiguous [B, heads, max_tokens, d]; returns [B, heads, 1, d]
-// laid out as [B, 1, heads, d], so that the caller's transpose to [B, 1, heads * d] is free.
-torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, int64_t size) {
-  TORCH_CHECK(q.dtype() == torch::kFloat32 && k.dtype() == torch::kFloat32 && v.dtype() == torch::kFloat32,
-              "decode_attention: float32 only");
-  TORCH_CHECK(k.is_contiguous() && v.is_contiguous() && q.stride(3) == 1, "decode_attention: layout");
-  const int64_t B = k.size(0), H = k.size(1), M = k.size(2), d = k.size(3);
-  TORCH_CHECK(q.size(2) == 1 && size >= 1 && size <= M, "decode_attention: one query over 1..max_tokens positions");
-  auto out = torch::empty({B, 1, H, d}, q.options());
+// q, k_new, v_new: [B, heads, T, d] (any strides, the last one 1); k_cache, v_cache: contiguous
+// [B, heads, max_tokens, d], written at start .. start+T-1. Returns [B, heads, T, d] laid out as [B, T, heads, d],
+// so that the caller's transpose to [B, T, heads * d] is free.
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k_new, torch::Tensor v_new, torch::Tensor k_cache,
+                               torch::Tensor v_cache, int64_t start) {
+  for (const auto& x : {q, k_new, v_new, k_cache, v_cache})
+    TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 4 && x.stride(3) == 1, "decode_attention: float32, 4-d");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "decode_attention: contiguous cache");
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), M = k_cache.size(2), d = k_cache.size(3), T = q.size(2);
+  TORCH_CHECK(T >= 1 && T <= MAX_QUERIES && start >= 0 && start + T <= M, "decode_attention: 1..", MAX_QUERIES,
+              " new tokens within max_tokens");
+  TORCH_CHECK(q.sizes() == k_new.sizes() && q.sizes() == v_new.sizes() && q.size(0) == B && q.size(1) == H &&
+              q.size(3) == d, "decode_attention: shapes");
+  auto out = torch::empty({B, T, H, d}, q.options());
   const float scale = 1.f / std::sqrt(static_cast<float>(d));
+  float* K = k_cache.data_ptr<float>();
+  float* V = v_cache.data_ptr<float>();
   const float* Q = q.data_ptr<float>();
-  const float* K = k.data_ptr<float>();
-  const float* V = v.data_ptr<float>();
+  const float* KN = k_new.data_ptr<float>();
+  const float* VN = v_new.data_ptr<float>();
   float* O = out.data_ptr<float>();
-  const int64_t qb = q.stride(0), qh = q.stride(1), streams = B * H;
+  const int64_t streams = B * H;
   at::parallel_for(0, streams, 16, [&](int64_t begin, int64_t end) {
-    std::vector<float> p(size);
+    std::vector<float> p(T * (start + T)), qs(T * d), os(T * d);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / H, h = i % H, next = i + 1 < streams ? i + 1 : i;
-      attend(Q + b * qb + h * qh, K + i * M * d, V + i * M * d, O + i * d, K + next * M * d, size, d, scale,
-             p.data());
+      float* k = K + i * M * d;
+      float* v = V + i * M * d;
+      for (int64_t t = 0; t < T; ++t) {                // the new rows into the cache, the queries side by side
+        std::memcpy(k + (start + t) * d, KN + b * k_new.stride(0) + h * k_new.stride(1) + t * k_new.stride(2),
+                    sizeof(float) * d);
+        std::memcpy(v + (start + t) * d, VN + b * v_new.stride(0) + h * v_new.stride(1) + t * v_new.stride(2),
+                    sizeof(float) * d);
+        std::memcpy(qs.data() + t * d, Q + b * q.stride(0) + h * q.stride(1) + t * q.stride(2), sizeof(float) * d);
+      }
+      attend(qs.data(), k, v, os.data(), K + next * M * d, start, T, d, scale, p.data());
+      for (int64_t t = 0; t < T; ++t)
+        std::memcpy(O + ((b * T + t) * H + h) * d, os.data() + t * d, sizeof(float) * d);
     }
   });
   return out.permute({0, 2, 1, 3});
