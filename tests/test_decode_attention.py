@@ -75,6 +75,19 @@ def test_imagination_with_the_kernel_samples_what_pytorch_attention_samples():
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
 
 
+def test_decoding_in_training_mode_with_attention_dropout_keeps_pytorch_attention(monkeypatch):
+    """The kernel has no dropout: a cache decoded by a model in training mode with attention dropout uses
+    PyTorch's attention (and its dropout)."""
+    wm = make_wm(cpu_decode_kernel=True).train()          # attn_dropout 0.1
+    calls = []
+    monkeypatch.setattr(decode_attention, "decode_attention", lambda *a: calls.append(1))
+    with torch.no_grad():
+        cache = wm.new_cache(2)
+        wm.start(torch.randint(V, (2, N, K)), cache)
+        wm.next_token(torch.randint(V, (2 * N,)), cache)
+    assert cache.kernel and not calls
+
+
 def test_without_a_build_decoding_falls_back_to_pytorch_attention(monkeypatch):
     monkeypatch.setattr(decode_attention, "_module", None)
     monkeypatch.setattr(decode_attention, "_failed", True)

@@ -89,8 +89,9 @@ class SelfAttention(nn.Module):
             start = cache.size
             if start + T > cache.max_tokens:
                 raise RuntimeError(f"KV cache overflow: {start}+{T} > {cache.max_tokens}")
-            if cache.kernel and not self.record and decode_attention.applies(q, cache.k[layer]):
-                # writes k and v into the cache itself, then attends causally (CPU, no gradients)
+            if (cache.kernel and not self.record and not (self.training and self.attn_dropout)
+                    and decode_attention.applies(q, cache.k[layer])):
+                # writes k and v into the cache itself, then attends causally (CPU, no gradients, no attention dropout)
                 y = decode_attention.decode_attention(q, k, v, cache.k[layer], cache.v[layer], start)
                 return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
             cache.k[layer][:, :, start:start + T] = k
