@@ -44,6 +44,22 @@ def test_kernel_writes_the_cache_and_equals_pytorch_causal_attention(head_dim, s
     assert out.transpose(1, 2).is_contiguous()   # the caller's [B, T, heads * d] view needs no copy
 
 
+def test_kernel_on_two_threads_equals_one_thread():
+    """Streams are split between threads (at::parallel_for): the same result, each stream's rows its own."""
+    g = torch.Generator().manual_seed(5)
+    k, v = torch.randn(7, 4, 30, 32, generator=g), torch.randn(7, 4, 30, 32, generator=g)
+    q, k_new, v_new = torch.randn(7, 2, 3, 4, 32, generator=g).permute(2, 0, 3, 1, 4)
+    outs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        kc, vc = k.clone(), v.clone()
+        with torch.no_grad():
+            outs.append((decode_attention.decode_attention(q, k_new, v_new, kc, vc, 10), kc, vc))
+    torch.set_num_threads(1)
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
 def test_kernel_serves_only_gradient_free_float32_calls_of_few_tokens():
     q, k = torch.randn(2, 2, 1, 8), torch.randn(2, 2, 5, 8)
     with torch.no_grad():
