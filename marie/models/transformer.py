@@ -25,7 +25,7 @@ class KVCache:
     each one in place instead of copying a tensor of every layer back).
     `storage`: an earlier cache of at least this batch, shape and dtype whose memory this one reuses.
     `kernel`: calls of up to decode_attention.MAX_QUERIES tokens write and attend in the CPU kernel of
-    `decode_attention` (growing cache only)."""
+    `decode_attention` (the growing cache's path; a static cache never reaches it)."""
 
     def __init__(self, n_layers: int, batch: int, heads: int, max_tokens: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype, storage: "KVCache | None" = None, static: bool = False,
@@ -39,7 +39,7 @@ class KVCache:
             self.v = [new(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.max_tokens = max_tokens
         self.static = static
-        self.kernel = kernel and not static
+        self.kernel = kernel
         self.size = 0  # positions filled (host bookkeeping of the growing cache)
         self.pos = torch.zeros((), dtype=torch.long, device=device) if static else None  # the static one's
 
