@@ -4,6 +4,7 @@
     python benchmarks/world_model_throughput.py --preset small --threads 2
     python benchmarks/world_model_throughput.py --preset paper --device cuda --dtype float32
     python benchmarks/world_model_throughput.py --preset paper --only kv --kv-rollouts 10
+    python benchmarks/world_model_throughput.py --preset cpu --map 2s3z --threads 1 --repeats 3 --only round
 
 Shapes default to SMAX 3m (3 agents, obs 75, 8 actions); the replay buffer holds random data (the cost
 of a step depends on shapes only). Each measurement runs in its own subprocess so that its peak memory
@@ -20,6 +21,12 @@ torch.cuda.max_memory_allocated.
 Wall times come with the process CPU time of the same calls (`*_cpu_s`): on a shared machine the CPU
 time is the steadier figure (time spent descheduled is not in it; memory contention still is).
 
+  round    training rounds of MARIE on a real SMAX map (--map; its own shapes, not --agents/--obs-dim/--actions):
+           the environment phase (train_every transitions: acting, SMAX, replay) and the tokenizer, world-model,
+           imagination and PPO phases of `update`, each in process CPU seconds, every phase on from the first
+           round (no staged warm-up), medians over --repeats rounds after one warm-up round. Beside each
+           phase its floor: the FLOPs PyTorch's FLOP counter counts in it (matmuls and attention) at the best
+           GEMM rate measured beside it, plus for imagination the KV-cache bytes at the measured read rate.
   floor    what this machine can do at best for both: the Transformer's matmul FLOPs at the measured
            GEMM rate (same shapes), plus, for imagination, the KV-cache bytes that full-context decoding
            must read at the measured memory bandwidth. Attention, heads, Perceiver, tokenizer, dropout
@@ -83,6 +90,110 @@ def build_agent(a):
     return agent, p
 
 
+class _FlopCount:
+    """FLOPs of the aten ops PyTorch's FLOP counter knows (matmuls, convolutions, attention) run inside it.
+    (torch.utils.flop_counter.FlopCounterMode's module tracker trips over no_grad forward passes.)"""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                formula = flop_registry.get(func._overloadpacket)
+                if formula is not None:
+                    counter.flops += formula(*args, **(kwargs or {}), out_val=out)
+                return out
+        self.flops, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def round_phases(a) -> dict:
+    """--only round: see the module docstring."""
+    from marie.config import resolve_config
+    from marie.envs import make_env
+    from marie.imagination import imagine
+    from marie.marie_agent import MARIEAgent
+    cfg = resolve_config(algo="marie", preset_file=MARIEAgent.preset_file, preset=a.preset, env="smax", map_name=a.map,
+                         seed=0, steps=100, overrides=a.overrides + ["params.training.world_model_from_round=1",
+                                                                     "params.training.policy_from_round=1"])
+    run, p = cfg["run"], cfg["params"]
+    run["dtype"] = a.dtype
+    env = make_env("smax", a.map, num_envs=run["num_envs"])
+    torch.manual_seed(0)
+    agent = MARIEAgent(env.info, p, run, torch.device(a.device), 0)
+    state = {"ts": env.reset(seed=0), "carry": agent.initial_carry(run["num_envs"])}
+
+    def collect(transitions):
+        for _ in range(-(-transitions // run["num_envs"])):
+            actions, state["carry"] = agent.act(state["ts"], state["carry"], training=True)
+            nxt = env.step(actions)
+            agent.observe(state["ts"], actions, nxt)
+            state["ts"] = nxt
+
+    tr, ic = p["training"], p["imagination"]
+    collect(tr["learning_starts"])
+
+    def imagination():
+        agent.tokenizer.eval(), agent.world_model.eval(), agent.actor.eval()
+        with agent.autocast():
+            return imagine(agent.tokenizer, agent.world_model, agent.actor, agent.imagination_start(ic["rollouts"]),
+                           agent.H, agent.obs_cfg, agent.n_choices, chunk=ic["chunk"], recon_clamp=agent._recon_clamp())
+
+    # one training round as `update` runs it (one policy update, as the `cpu` preset), phase by phase
+    phases = {"environment": lambda: collect(tr["train_every"]),
+              "tokenizer": lambda: agent.train_tokenizer(tr["tokenizer_steps"]),
+              "world_model": lambda: agent.train_world_model(tr["wm_steps"])}
+    rounds = []
+    for r in range(a.repeats + 1):
+        row, traj = {}, None
+        for name, phase in phases.items():
+            _sync(a.device)
+            c = time.process_time()
+            phase()
+            _sync(a.device)
+            row[name] = time.process_time() - c
+        for _ in range(ic["policy_updates"]):
+            c = time.process_time()
+            traj = imagination()
+            _sync(a.device)
+            row["imagination"] = row.get("imagination", 0.0) + time.process_time() - c
+            c = time.process_time()
+            agent.ppo(traj)
+            _sync(a.device)
+            row["ppo"] = row.get("ppo", 0.0) + time.process_time() - c
+        if r:   # the first round warms up (and builds the decoding kernel)
+            rounds.append(row)
+    med = {k: float(np.median([row[k] for row in rounds])) for k in rounds[0]}
+
+    flops = {}
+    for name, phase in [("tokenizer", phases["tokenizer"]), ("world_model", phases["world_model"])]:
+        with _FlopCount() as counter:
+            phase()
+        flops[name] = counter.flops
+    with _FlopCount() as counter:
+        traj = imagination()
+    flops["imagination"] = counter.flops * ic["policy_updates"]
+    with _FlopCount() as counter:
+        agent.ppo(traj)
+    flops["ppo"] = counter.flops * ic["policy_updates"]
+    rates = floor(agent, p, a)
+    best = max(rates["gemm_gflops_train"], rates["gemm_gflops_imagine"]) * 1e9
+    floors = {name: f / best for name, f in flops.items()}
+    floors["imagination"] += ic["policy_updates"] * rates["imagine_kv_read_gb"] * 1e9 / (rates["read_gb_s"] * 1e9)
+    return {"map": a.map, "agents": env.info.n_agents, "obs_dim": env.info.obs_dim, "rounds": len(rounds),
+            "phase_cpu_s": med, "round_cpu_s": sum(med.values()),
+            "phase_floor_s": floors, "round_floor_s": sum(floors.values()), "phase_gflop": {k: v / 1e9 for k, v in flops.items()},
+            "gemm_gflops": best / 1e9, "read_gb_s": rates["read_gb_s"],
+            "phase_rounds_cpu_s": [{k: round(v, 3) for k, v in row.items()} for row in rounds]}
+
+
 def _sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -90,6 +201,12 @@ def _sync(device):
 
 def measure(a) -> dict:
     torch.set_num_threads(a.threads)
+    if a.only == "round":   # a real map: its own shapes and agent
+        out = {"what": "round", "preset": a.preset, "device": a.device, "dtype": a.dtype, "threads": a.threads}
+        before = _rss_mb()
+        out.update(round_phases(a))
+        out.update(peak_mb=_peak_mb(), growth_mb=_peak_mb() - before, memory="process peak RSS (ru_maxrss)")
+        return out
     agent, p = build_agent(a)
     dev = a.device
     H, N = p["horizon"], a.agents
@@ -255,7 +372,7 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", choices=["wm", "imagine", "kv", "floor"], default=None)
+    ap.add_argument("--only", choices=["wm", "imagine", "kv", "floor", "round"], default=None)
     ap.add_argument("--chunk", type=int, default=None, help="override params.imagination.chunk")
     ap.add_argument("--microbatch", type=int, default=None, help="override params.training.wm_microbatch")
     ap.add_argument("--rollouts", type=int, default=None, help="override the imagination batch")

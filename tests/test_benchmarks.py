@@ -21,3 +21,13 @@ def test_world_model_throughput_runs_at_smoke_size(what, capsys):
         assert row["wm_floor_s"] > 0 and row["imagine_floor_s"] > 0 and row["imagine_kv_read_gb"] > 0
     else:
         assert row["step_s"] > 0 and row["tokens_per_sequence"] > 0
+
+
+def test_a_training_round_is_split_into_phases_beside_their_floors(capsys):
+    bench.main(["--preset", "smoke", "--map", "3m", "--threads", "1", "--repeats", "1", "--only", "round"])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    phases = {"environment", "tokenizer", "world_model", "imagination", "ppo"}
+    assert set(row["phase_cpu_s"]) == phases and row["agents"] == 3 and row["rounds"] == 1
+    assert set(row["phase_floor_s"]) == phases - {"environment"}
+    assert all(v > 0 for v in row["phase_gflop"].values()) and row["round_floor_s"] > 0
+    assert row["round_cpu_s"] == pytest.approx(sum(row["phase_cpu_s"].values()))

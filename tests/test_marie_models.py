@@ -5,7 +5,7 @@ import torch
 
 from marie.algorithm import bf16_supported
 from marie.imagination import imagine
-from marie.models.dropout import attention, dropout, keep_mask
+from marie.models.dropout import BLOCK_ROWS, attention, attention_weights, dropout, keep_mask
 from marie.models.actor_critic import Actor, Critic, log_prob_entropy, policy_input, sample_actions
 from marie.models.perceiver import Perceiver
 from marie.models.tokenizer import BinsTokenizer, VQTokenizer
@@ -188,6 +188,30 @@ def test_explicit_dropout_attention_matches_fused_attention_without_drops():
     fused = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     explicit = attention(q, k, v, is_causal=True, dropout_p=1e-7)   # rounds to "keep everything"
     assert torch.allclose(explicit, fused, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,S,causal", [(3 * BLOCK_ROWS + 9, 3 * BLOCK_ROWS + 9, True), (2 * BLOCK_ROWS, 2 * BLOCK_ROWS, True),
+                                         (70, 70, True), (5, 27, False)])
+def test_dropout_attention_equals_dropout_of_the_weights(T, S, causal):
+    """The blocked, written-out attention with dropout: the plain formulation's output and gradients up to float
+    rounding, from the same mask (the same draw: the generator is left where the plain one leaves it)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 16, requires_grad=True) for n in (T, S, S))
+    grad = torch.randn(2, 3, T, 16)
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(1)
+        if fused:
+            y = attention(q, k, v, is_causal=causal, dropout_p=0.1)
+        else:
+            y = dropout(attention_weights(q, k, None, causal), 0.1, True) @ v
+        y.backward(grad)
+        results.append([y.detach()] + [t.grad.clone() for t in (q, k, v)] + [torch.rand(3)])
+        q.grad = k.grad = v.grad = None
+    for plain, fused in zip(*results):
+        assert torch.allclose(plain, fused, atol=1e-5, rtol=1e-5)
+    undropped = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    assert not torch.allclose(results[1][0], undropped, atol=1e-3)   # the mask did drop weights
 
 
 def test_unavailable_actions_are_never_sampled():

@@ -103,3 +103,28 @@ def test_a_tier_names_only_configured_model_analyses(tmp_path):
     repro = _module("marie_workflow_reproduction", ROOT / "workflows" / "reproduction.py")
     with pytest.raises(repro.WP.PlanError, match="unknown analysis 'fig7'"):
         _random_tier(tmp_path, [0], {"fig7": {}})
+
+
+def test_restore_puts_committed_runs_back_so_the_workflow_skips_them(tmp_path):
+    """A fresh clone has no results/: restore copies each committed run there with the workflow's marker, so
+    that the tier's target re-runs only what is missing; a run already completed under results/ is left alone."""
+    repro, plan = _random_tier(tmp_path, [0, 1, 2])
+    committed, elsewhere, missing = sorted(plan.runs.values(), key=lambda r: r.seed)
+    into = tmp_path / "reproduced"
+    for run, base in ((committed, into / "runs" / committed.key), (elsewhere, Path(elsewhere.rundir))):
+        base.mkdir(parents=True)
+        (base / "meta.json").write_text(json.dumps({"status": "completed", "env_steps": run.steps}))
+        (base / "eval.csv").write_text(f"env_steps,win_rate,return_mean\n{run.steps},0.5,1.0\n")
+    assert repro.restore(plan, Path("/"), into) == [committed.key]
+    restored = Path(committed.rundir)
+    assert (restored / repro.WP.MARKER).exists() and (restored / "eval.csv").exists()
+    assert json.loads((restored / repro.WP.MARKER).read_text())["env_steps"] == committed.steps
+    assert not (Path(elsewhere.rundir) / repro.WP.MARKER).exists() and not Path(missing.rundir).exists()
+    assert repro.restore(plan, Path("/"), into) == []            # idempotent
+    # a committed run that does not pass the workflow's completion check is refused, not marked done
+    bad = into / "runs" / missing.key
+    bad.mkdir(parents=True)
+    (bad / "meta.json").write_text(json.dumps({"status": "completed", "env_steps": missing.steps}))
+    (bad / "eval.csv").write_text("env_steps,win_rate,return_mean\n10,0.5,1.0\n")
+    with pytest.raises(SystemExit, match="completion check"):
+        repro.restore(plan, Path("/"), into)

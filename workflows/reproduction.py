@@ -7,6 +7,9 @@ A tier's grid (e.g. cpu_smac: 84 runs) takes more CPU time than one sitting, so 
     snakemake --cores 2 cpu_smac                                # runs (or resumes) what is missing; Ctrl-C is safe
     python workflows/reproduction.py collect --tier cpu_smac    # copy the small files of completed runs, rebuild
                                                                 # the committed report; then commit them
+    python workflows/reproduction.py restore --tier cpu_smac    # on a fresh clone: put the committed runs back
+                                                                # under results/ (marked done), so that the
+                                                                # workflow runs only what is missing
 
 Only small files are committed (config.yaml, meta.json, eval.csv, eval_episodes.csv, train.csv, and the
 CSV/JSON a tier's model analysis writes into analysis/), never checkpoints. A run counts as done when its meta.json says completed at the tier's budget.
@@ -90,6 +93,28 @@ def collect(plan: WP.Plan, results_base: Path, out: Path) -> list[str]:
     return copied
 
 
+def restore(plan: WP.Plan, results_base: Path, into: Path) -> list[str]:
+    """Put every committed run back into the results folder with its workflow marker, where the results hold no
+    completed run of its own: a fresh clone then re-runs only what is missing, and the tier's report sees every
+    run. Checkpoints are never committed, so a restored run cannot be extended or analysed anew."""
+    from analysis.cli import main as analysis_main
+    restored = []
+    for run in plan.runs.values():
+        src, dst = into / "runs" / run.key, results_base / run.rundir
+        if _state(src, run.steps)[0] != "completed" or _state(dst, run.steps)[0] == "completed":
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in src.rglob("*"):
+            if f.is_file():
+                (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dst / f.relative_to(src))
+        if analysis_main(["mark-done", "--rundir", str(dst), "--steps", str(run.steps),
+                          "--out", str(dst / WP.MARKER)]) != 0:
+            raise SystemExit(f"restore: the committed run {run.key} does not pass the workflow's completion check")
+        restored.append(run.key)
+    return restored
+
+
 def write_readme(plan: WP.Plan, out: Path) -> None:
     """out/README.md, rebuilt from the committed runs' meta.json at every collect: how far the tier is, how to
     reproduce it, what it cost per method, and every run's exact command, suite commit, machine and wall time.
@@ -153,7 +178,7 @@ def _relocated(plan: WP.Plan, out: Path) -> WP.Plan:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="workflows/reproduction.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["status", "collect"])
+    p.add_argument("command", choices=["status", "collect", "restore"])
     p.add_argument("--tier", default="cpu_smac")
     p.add_argument("--config", default=str(ROOT / "workflows" / "config.yaml"))
     p.add_argument("--results-base", default=str(ROOT), help="where the workflow's results/ folder lies")
@@ -167,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     base = Path(a.results_base)
     into = Path(a.into) if a.into else reproduced_dir(plan.name)
+    if a.command == "restore":
+        restored = restore(plan, base, into)
+        print(f"restored {len(restored)} committed runs under {base / plan.root}/runs (marked done)")
     if a.command == "collect":
         copied = collect(plan, base, into)
         print(f"collected {len(copied)} completed runs into {into}/runs")
@@ -194,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  still to run: about {hours:.1f} CPU-hours (median CPU time per step of each method's committed "
               f"runs on that map, else on its other maps, else the plan's estimate): "
               + ", ".join(f"{m} {h:.1f}" for m, h in sorted(per_method.items(), key=lambda x: -x[1])))
-        print(f"to continue: snakemake --cores 2 {plan.name}   (then: python workflows/reproduction.py collect "
+        print(f"to continue: python workflows/reproduction.py restore --tier {plan.name}; "
+              f"snakemake --cores 2 {plan.name}   (then: python workflows/reproduction.py collect "
               f"--tier {plan.name}, and commit paper_figures/reproduced/{plan.name})")
     return 0
 
