@@ -5,6 +5,7 @@ import torch
 
 from marie.algorithm import bf16_supported
 from marie.imagination import imagine
+from marie.models import decode_attention
 from marie.models.dropout import BLOCK_ROWS, attention, attention_weights, dropout, keep_mask
 from marie.models.actor_critic import Actor, Critic, log_prob_entropy, policy_input, sample_actions
 from marie.models.perceiver import Perceiver
@@ -120,17 +121,21 @@ needs_cpu_bf16 = pytest.mark.skipif(not bf16_supported(torch.device("cpu")),
 
 
 @needs_cpu_bf16
-def test_cpu_bf16_autocast_keeps_the_world_model_loss_and_its_cached_decoding():
-    """`run.autocast_bf16` on a CPU: the loss and the KV-cached predictions stay within bf16 rounding of fp32,
-    and the cache holds bf16 keys and values (half the bytes each decoding call reads)."""
-    wm = make_wm().eval()
+@pytest.mark.parametrize("kernel", [False, True])
+def test_cpu_bf16_autocast_keeps_the_world_model_loss_and_its_cached_decoding(kernel):
+    """`run.autocast_bf16` on a CPU: the loss and the KV-cached predictions stay within bf16 rounding of fp32.
+    The cache holds bf16 keys and values (half the bytes each decoding call reads), except where the CPU decoding
+    kernel serves it: float32 there (the kernel reads float32; PyTorch's bf16 CPU attention is the slower one)."""
+    if kernel and not decode_attention.available():
+        pytest.skip("the CPU decoding kernel cannot be built here")
+    wm = make_wm(cpu_decode_kernel=kernel).eval()
     batch = random_batch()
     with torch.no_grad():
         loss32, _ = wm.loss(batch, WEIGHTS)
         first32, rest32, reward32 = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss16, _ = wm.loss(batch, WEIGHTS)
-            assert wm.new_cache(2).k[0].dtype == torch.bfloat16
+            assert wm.new_cache(2).k[0].dtype == (torch.float32 if kernel else torch.bfloat16)
             first16, rest16, reward16 = _teacher_forced_decode(wm, batch["obs_tokens"], batch["actions"])
     assert wm.new_cache(2).k[0].dtype == torch.float32
     assert abs(float(loss16) - float(loss32)) < 0.01 * float(loss32)

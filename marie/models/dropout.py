@@ -130,6 +130,12 @@ def attention(q, k, v, attn_mask=None, is_causal: bool = False, dropout_p: float
     """scaled_dot_product_attention; with dropout on CPU, the explicit computation with the cheap mask
     (what PyTorch itself falls back to there, minus the per-element Bernoulli draws): `DropoutAttention`, or
     with an explicit mask the plain formulation."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0.0:
+        # bf16 autocast on CPU: PyTorch's bf16 flash attention is 2-3x slower there than its float32 one (its
+        # backward above all); float32 attention is also the more accurate
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
+                                                  is_causal=is_causal).to(q.dtype)
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal)
     if attn_mask is None:

@@ -89,6 +89,8 @@ class SelfAttention(nn.Module):
             start = cache.size
             if start + T > cache.max_tokens:
                 raise RuntimeError(f"KV cache overflow: {start}+{T} > {cache.max_tokens}")
+            if cache.kernel and q.dtype != cache.k[layer].dtype:   # bf16 autocast: the kernel's cache is float32
+                q, k, v = q.float(), k.float(), v.float()
             if (cache.kernel and not self.record and not (self.training and self.attn_dropout)
                     and decode_attention.applies(q, cache.k[layer])):
                 # writes k and v into the cache itself, then attends causally (CPU, no gradients, no attention dropout)

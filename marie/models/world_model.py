@@ -158,12 +158,12 @@ class WorldModel(nn.Module):
         enough, until `release_cache` (imagination's chunks, one cache at a time): fresh memory costs a page
         fault per 4 KB page on first touch."""
         p = next(self.parameters())
-        dtype = p.dtype  # under autocast, keys and values come out of the qkv matmul in the autocast dtype
-        if torch.is_autocast_enabled(p.device.type):
+        kernel = (self.cpu_decode_kernel and p.device.type == "cpu" and p.dtype == torch.float32
+                  and not self.static_cache and decode_attention.available())   # built here, before decoding
+        dtype = p.dtype  # under autocast, keys and values come out of the qkv matmul in the autocast dtype; the
+        if torch.is_autocast_enabled(p.device.type) and not kernel:   # CPU kernel keeps them in float32
             dtype = torch.get_autocast_dtype(p.device.type)
         storage = self.__dict__.get("_reused_cache") if reuse else None
-        kernel = (self.cpu_decode_kernel and p.device.type == "cpu" and dtype == torch.float32
-                  and not self.static_cache and decode_attention.available())   # built here, before decoding
         cache = self.transformer.new_cache(B * self.S, self.max_tokens, p.device, dtype, storage, self.static_cache,
                                            kernel)
         if reuse and (storage is None or cache.k[0].data_ptr() != storage.k[0].data_ptr()):
