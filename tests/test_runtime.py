@@ -306,3 +306,30 @@ def test_bad_algorithm_parameter_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "tokenizer.kind" in err
     assert not out.exists()
+
+
+_ALLOCATIONS = """
+import resource, sys, torch
+if sys.argv[1] == "keep":
+    from marie.runtime import keep_freed_memory
+    keep_freed_memory()
+def tensors():                       # the sizes of a paper-size world-model step's activations (2.8-12 MB)
+    a, b = torch.ones(2_600_000), torch.ones(700_000)
+    c = a * 2
+    del a
+    return c.sum() + b.sum() + torch.ones(3_000_000).sum()
+tensors()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(50):
+    tensors()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_freed_tensor_memory_is_reused_instead_of_faulted_in_anew():
+    """keep_freed_memory (every run calls it): tensors of a few MB reuse freed memory instead of taking a page
+    fault per 4 KB page of fresh memory (measured here, 50 rounds: 40-430 thousand faults without, 2-4 thousand with)."""
+    faults = {mode: int(subprocess.run([sys.executable, "-c", _ALLOCATIONS, mode], capture_output=True, text=True,
+                                       check=True).stdout.split()[-1]) for mode in ("plain", "keep")}
+    assert faults["keep"] * 4 < faults["plain"]

@@ -77,8 +77,8 @@ class DropoutAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(d) [+ causal mask]) with dropout, @ v: q, k, v [B, H, T or S, d] -> [B, H, T, d].
 
     The same draw as `dropout(attention_weights(q, k, None, causal), p, True) @ v`, so the same result up to
-    float rounding: the scale goes on q (T x d) and 1/(1-p) on v instead of on the [T, S] weights, the dropped
-    weights are zeroed in place of a select, and the backward is written out (dS = softmax'(dP) from the saved
+    float rounding: the scale goes on q (T x d) and 1/(1-p) on v instead of on the [T, S] weights, the causal
+    mask touches the block's own columns only, and the backward is written out (dS = softmax'(dP) from the saved
     probabilities). Causal (T == S): query rows in blocks of about BLOCK_ROWS, each against the keys up to its
     last row only."""
 
@@ -100,7 +100,7 @@ class DropoutAttention(torch.autograd.Function):
                 scores[..., a:].masked_fill_(torch.ones(b - a, b - a, dtype=torch.bool, device=q.device).triu_(1),
                                              float("-inf"))
             prob = scores.softmax(-1)
-            kept = prob.masked_fill(drop[:, :, a:b, :end], 0.0)
+            kept = torch.where(drop[:, :, a:b, :end], 0.0, prob)   # one pass (masked_fill would clone first)
             out.append(kept @ vs[:, :, :end])
             probs += [prob, kept]
         ctx.save_for_backward(qs, k, vs, drop, *probs)
