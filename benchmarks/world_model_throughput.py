@@ -200,8 +200,11 @@ def _sync(device):
 
 
 def measure(a) -> dict:
-    from marie.runtime import keep_freed_memory
-    keep_freed_memory()       # as a run does (marie.runtime.Runner._build)
+    try:   # as a run does (marie.runtime.Runner._build); absent from checkouts before it (A/B against them)
+        from marie.runtime import keep_freed_memory
+        keep_freed_memory()
+    except ImportError:
+        pass
     torch.set_num_threads(a.threads)
     if a.only == "round":   # a real map: its own shapes and agent
         out = {"what": "round", "preset": a.preset, "device": a.device, "dtype": a.dtype, "threads": a.threads}
