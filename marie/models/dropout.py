@@ -113,16 +113,17 @@ class DropoutAttention(torch.autograd.Function):
         qs, k, vs, drop, *probs = ctx.saved_tensors
         S, d = k.shape[-2], qs.shape[-1]
         dy = dy.contiguous()
-        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(k), torch.zeros_like(vs)
+        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(k), torch.zeros_like(vs)   # dk, dv: sums over blocks,
+        # accumulated in place (baddbmm_ on [B*H, ...] views of their first `end` rows)
         for i, (a, b) in enumerate(zip(ctx.edges[:-1], ctx.edges[1:])):
             end = b if ctx.causal else S
             prob, kept = probs[2 * i], probs[2 * i + 1]
             g = dy[:, :, a:b]
-            dv[:, :, :end] += kept.transpose(-1, -2) @ g
+            dv[:, :, :end].flatten(0, 1).baddbmm_(kept.flatten(0, 1).transpose(-1, -2), g.flatten(0, 1))
             dprob = (g @ vs[:, :, :end].transpose(-1, -2)).masked_fill_(drop[:, :, a:b, :end], 0.0)
             dscores = torch._softmax_backward_data(dprob, prob, -1, prob.dtype)
             dq[:, :, a:b] = dscores @ k[:, :, :end]
-            dk[:, :, :end] += dscores.transpose(-1, -2) @ qs[:, :, a:b]
+            dk[:, :, :end].flatten(0, 1).baddbmm_(dscores.flatten(0, 1).transpose(-1, -2), qs[:, :, a:b].flatten(0, 1))
         return dq * d ** -0.5, dk, dv * (1.0 / (1.0 - ctx.p)), None, None
 
 
