@@ -144,6 +144,24 @@ def test_cpu_bf16_autocast_keeps_the_world_model_loss_and_its_cached_decoding(ke
     assert (first16.argmax(-1) == first32.argmax(-1)).float().mean() > 0.9
 
 
+@needs_cpu_bf16
+def test_cpu_bf16_autocast_trains_through_the_dropout_attention():
+    """A training step under bf16 autocast (attention dropout on, so DropoutAttention's forward and backward run
+    in bf16): the same masks as float32 (the same draws), so the loss and gradients agree within bf16 rounding."""
+    batch = random_batch()
+    grads = []
+    for bf16 in (False, True):
+        wm = make_wm().train()
+        torch.manual_seed(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = wm.loss(batch, WEIGHTS)
+        loss.backward()
+        grads.append((float(loss.detach()), torch.cat([p.grad.flatten() for p in wm.parameters() if p.grad is not None])))
+    (loss32, g32), (loss16, g16) = grads
+    assert torch.isfinite(g16).all() and abs(loss16 - loss32) < 0.02 * loss32
+    assert torch.nn.functional.cosine_similarity(g16.float(), g32, 0) > 0.98
+
+
 def test_causal_masking_no_information_from_the_future():
     wm = make_wm().eval()
     batch = random_batch()
