@@ -113,8 +113,8 @@ class DropoutAttention(torch.autograd.Function):
         qs, k, vs, drop, *probs = ctx.saved_tensors
         S, d = k.shape[-2], qs.shape[-1]
         dy = dy.contiguous()
-        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(k), torch.zeros_like(vs)   # dk, dv: sums over blocks,
-        # accumulated in place (baddbmm_ on [B*H, ...] views of their first `end` rows)
+        # dk, dv: sums over the blocks, accumulated in place (baddbmm_ into [B*H, end, d] views of their first rows)
+        dq, dk, dv = torch.empty_like(qs), torch.zeros_like(k), torch.zeros_like(vs)
         for i, (a, b) in enumerate(zip(ctx.edges[:-1], ctx.edges[1:])):
             end = b if ctx.causal else S
             prob, kept = probs[2 * i], probs[2 * i + 1]
