@@ -118,7 +118,6 @@ def round_phases(a) -> dict:
     """--only round: see the module docstring."""
     from marie.config import resolve_config
     from marie.envs import make_env
-    from marie.imagination import imagine
     from marie.marie_agent import MARIEAgent
     cfg = resolve_config(algo="marie", preset_file=MARIEAgent.preset_file, preset=a.preset, env="smax", map_name=a.map,
                          seed=0, steps=100, overrides=a.overrides + ["params.training.world_model_from_round=1",
@@ -140,12 +139,6 @@ def round_phases(a) -> dict:
     tr, ic = p["training"], p["imagination"]
     collect(tr["learning_starts"])
 
-    def imagination():
-        agent.tokenizer.eval(), agent.world_model.eval(), agent.actor.eval()
-        with agent.autocast():
-            return imagine(agent.tokenizer, agent.world_model, agent.actor, agent.imagination_start(ic["rollouts"]),
-                           agent.H, agent.obs_cfg, agent.n_choices, chunk=ic["chunk"], recon_clamp=agent._recon_clamp())
-
     # one training round as `update` runs it (one policy update, as the `cpu` preset), phase by phase
     phases = {"environment": lambda: collect(tr["train_every"]),
               "tokenizer": lambda: agent.train_tokenizer(tr["tokenizer_steps"]),
@@ -161,7 +154,7 @@ def round_phases(a) -> dict:
             row[name] = time.process_time() - c
         for _ in range(ic["policy_updates"]):
             c = time.process_time()
-            traj = imagination()
+            traj = agent.imagine_rollouts()
             _sync(a.device)
             row["imagination"] = row.get("imagination", 0.0) + time.process_time() - c
             c = time.process_time()
@@ -178,7 +171,7 @@ def round_phases(a) -> dict:
             phase()
         flops[name] = counter.flops
     with _FlopCount() as counter:
-        traj = imagination()
+        traj = agent.imagine_rollouts()
     flops["imagination"] = counter.flops * ic["policy_updates"]
     with _FlopCount() as counter:
         agent.ppo(traj)

@@ -316,17 +316,20 @@ class MARIEAgent(Algorithm):
         clamp = self.params["imagination"]["recon_clamp"]
         return None if self.continuous or clamp is None else float(clamp)
 
-    def train_behaviour(self, rounds: int) -> dict:
+    def imagine_rollouts(self) -> dict:
+        """One imagination of `imagination.rollouts` starts drawn from the replay buffer: PPO's training data."""
         ic = self.params["imagination"]
+        self.tokenizer.eval(), self.world_model.eval(), self.actor.eval()
+        with self.autocast():
+            return imagine(self.tokenizer, self.world_model, self.actor, self.imagination_start(ic["rollouts"]),
+                           self.H, self.obs_cfg, self.n_choices, chunk=ic["chunk"], recon_clamp=self._recon_clamp())
+
+    def train_behaviour(self, rounds: int) -> dict:
         logs = []
         t_imagine = t_ppo = 0.0
         for _ in range(rounds):
-            self.tokenizer.eval(), self.world_model.eval(), self.actor.eval()
             start = self._clock()
-            with self.autocast():
-                traj = imagine(self.tokenizer, self.world_model, self.actor,
-                               self.imagination_start(ic["rollouts"]), self.H, self.obs_cfg, self.n_choices,
-                               chunk=ic["chunk"], recon_clamp=self._recon_clamp())
+            traj = self.imagine_rollouts()
             middle = self._clock()
             logs.append(self.ppo(traj))
             t_imagine, t_ppo = t_imagine + middle - start, t_ppo + self._clock() - middle
